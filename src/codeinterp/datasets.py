@@ -36,6 +36,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -155,7 +156,9 @@ def _mbpp_entry_point(code: str, test_list: list[str]) -> str:
     """Name of the function the tests call: a function defined in ``code`` that is
     called in the first test, else the first name called in the first assert."""
     try:
-        tree = ast.parse(code)
+        with warnings.catch_warnings():  # some MBPP programs have invalid escape sequences
+            warnings.simplefilter("ignore")
+            tree = ast.parse(code)
         defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     except SyntaxError:
         defined = re.findall(r"^def\s+(\w+)\s*\(", code, flags=re.M)
@@ -208,6 +211,7 @@ def _load_mbpp(name: str, data_dir: Path, challenge: bool) -> pl.DataFrame:
         tests = list(r["test_list"])
         script_tests = tests + (list(r.get("challenge_test_list") or []) if challenge else [])
         code = _crlf(r["code"])
+        setup = (r.get("test_setup_code") or "").strip()
         rows.append({
             "dataset": name,
             "problem_id": f"Mbpp/{r['task_id']}",
@@ -216,7 +220,9 @@ def _load_mbpp(name: str, data_dir: Path, challenge: bool) -> pl.DataFrame:
             "starter_code": "",
             "canonical_solution": code,
             "test_type": "assert",
-            "tests": _assert_tests(_crlf(r.get("test_setup_code") or ""), "\n".join(script_tests) + "\n"),
+            # test_setup_code (tasks 367, 927) builds objects from classes the program
+            # defines, so it runs after the program, at the top of the script.
+            "tests": _assert_tests("", _crlf(setup + "\n" if setup else "") + "\n".join(script_tests) + "\n"),
             "difficulty": None,
             "platform": None,
             "split": mbpp_split(int(r["task_id"])),

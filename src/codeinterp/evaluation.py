@@ -1,0 +1,173 @@
+"""Execute generated programs against their tests and compute pass@k.
+
+All execution goes through :mod:`codeinterp.sandbox`.  Verdict statuses:
+
+* ``passed``  -- exit code 0 (and, for stdin tests, every expected output matched)
+* ``failed``  -- an ``AssertionError`` or a wrong stdout
+* ``timeout`` -- wall-clock timeout or CPU-time limit
+* ``memory``  -- ``MemoryError`` (address-space limit) or an out-of-memory abort
+* ``error``   -- anything else: other exceptions, syntax errors, death by a
+  signal, output limit exceeded, nonzero exit without a traceback
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import polars as pl
+
+from codeinterp.sandbox import Limits, RunResult, run_python
+
+__all__ = ["Verdict", "STATUSES", "check_program", "evaluate_many", "pass_at_k", "pass_at_k_table",
+           "normalize_output"]
+
+STATUSES = ("passed", "failed", "timeout", "memory", "error")
+_MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # passed | failed | timeout | memory | error
+    message: str
+    isolation: str
+    seconds: float
+
+
+def _cap(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 3] + "..."
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def _signal_name(rc: int) -> str:
+    try:
+        return signal.Signals(-rc).name
+    except ValueError:
+        return f"signal {-rc}"
+
+
+def _classify(r: RunResult) -> tuple[str, str] | None:
+    """(status, message) for a run that did not succeed, or None if it exited 0."""
+    last = _last_line(r.stderr)
+    if r.timed_out:
+        return "timeout", "timed out" if r.returncode != -signal.SIGXCPU else "CPU time limit exceeded"
+    if r.output_truncated:
+        return "error", "output limit exceeded"
+    if r.returncode == 0:
+        return None
+    if r.returncode is None:
+        return "error", last or "program did not run"
+    if last.startswith("MemoryError") or "Cannot allocate memory" in last or "out of memory" in last.lower():
+        return "memory", last
+    if last.startswith("AssertionError"):
+        return "failed", last
+    if r.returncode < 0:
+        msg = f"killed by {_signal_name(r.returncode)}"
+        return "error", f"{msg}: {last}" if last else msg
+    return "error", last or f"exit code {r.returncode}"
+
+
+def normalize_output(text: str) -> str:
+    """Strip trailing whitespace on each line and drop trailing empty lines (LiveCodeBench)."""
+    lines = [ln.rstrip() for ln in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
+
+
+def check_program(program: str, test_type: str, tests: str, limits: Limits) -> Verdict:
+    """Run ``program`` against ``tests`` (a JSON string) in the sandbox and return its verdict."""
+    if test_type == "assert":
+        spec = json.loads(tests)
+        source = (spec.get("setup") or "") + "\n" + program + "\n\n" + (spec.get("script") or "") + "\n"
+        r = run_python(source, "", limits)
+        bad = _classify(r)
+        status, message = bad if bad else ("passed", "")
+        return Verdict(status, _cap(message), r.isolation, r.seconds)
+    if test_type == "stdin":
+        cases = json.loads(tests)
+        if not isinstance(cases, list):
+            raise ValueError("stdin tests must be a JSON list of {input, output} objects")
+        seconds, isolation = 0.0, ""
+        for i, case in enumerate(cases):
+            r = run_python(program, case.get("input", ""), limits)
+            seconds += r.seconds
+            isolation = r.isolation
+            bad = _classify(r)
+            if bad:
+                return Verdict(bad[0], _cap(f"case {i}: {bad[1]}"), isolation, round(seconds, 4))
+            if normalize_output(r.stdout) != normalize_output(case.get("output", "")):
+                got = normalize_output(r.stdout)
+                return Verdict("failed", _cap(f"case {i}: wrong output (got {got[:120]!r})"),
+                               isolation, round(seconds, 4))
+        if not cases:
+            from codeinterp.sandbox import isolation_available
+
+            isolation = isolation_available() if limits.isolation == "auto" else limits.isolation
+        return Verdict("passed", "", isolation, round(seconds, 4))
+    raise ValueError(f"unknown test_type {test_type!r} (expected 'assert' or 'stdin')")
+
+
+def evaluate_many(items: list[tuple[str, str, str]], limits: Limits, workers: int) -> list[Verdict]:
+    """check_program over (program, test_type, tests) items, ``workers`` at a time, in input order."""
+    items = list(items)
+    for _, test_type, _ in items:  # fail fast on bad input, before running anything
+        if test_type not in ("assert", "stdin"):
+            raise ValueError(f"unknown test_type {test_type!r} (expected 'assert' or 'stdin')")
+    if not items:
+        return []
+    workers = max(1, int(workers))
+    if workers == 1:
+        return [check_program(p, t, s, limits) for p, t, s in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
+        return list(pool.map(lambda it: check_program(it[0], it[1], it[2], limits), items))
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k estimate 1 - C(n-c, k) / C(n, k) (Chen et al. 2021), as a stable product.
+
+    Returns NaN when k > n (not estimable from n samples).  Raises ValueError for
+    negative arguments, k < 1 or c > n.
+    """
+    if n < 0 or c < 0 or k < 1 or c > n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and k >= 1, got n={n}, c={c}, k={k}")
+    if k > n:
+        return math.nan
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def pass_at_k_table(verdicts: pl.DataFrame, ks: list[int]) -> pl.DataFrame:
+    """One row per problem_id with n, c and "pass@k" columns, sorted by problem_id.
+
+    Input columns: problem_id, sample_index, status.  A "pass@k" column exists for
+    each k with k <= the largest n; rows of problems with fewer than k samples hold
+    null there (so that means over problems skip them).
+    """
+    missing = {"problem_id", "sample_index", "status"} - set(verdicts.columns)
+    if missing:
+        raise ValueError(f"verdicts table lacks column(s) {', '.join(sorted(missing))}")
+    counts = (
+        verdicts.group_by("problem_id")
+        .agg(n=pl.len().cast(pl.Int64), c=(pl.col("status") == "passed").sum().cast(pl.Int64))
+        .sort("problem_id")
+    )
+    max_n = counts["n"].max() if counts.height else 0
+    for k in sorted(set(int(k) for k in ks)):
+        if k < 1 or not max_n or k > max_n:
+            continue
+        values = [None if k > n else pass_at_k(n, c, k) for n, c in zip(counts["n"], counts["c"])]
+        counts = counts.with_columns(pl.Series(f"pass@{k}", values, dtype=pl.Float64))
+    return counts
