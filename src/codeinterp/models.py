@@ -283,3 +283,14 @@ def load_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
     model.eval()
     return model, tokenizer
+
+
+def resolve_chat(model_dir: str | os.PathLike, chat: bool | None) -> bool:
+    """Whether prompts go through the chat template: as configured, else if the tokenizer has one."""
+    if chat is not None:
+        return bool(chat)
+    model_dir = Path(model_dir)
+    if (model_dir / "chat_template.jinja").exists():
+        return True
+    cfg = model_dir / "tokenizer_config.json"
+    return cfg.exists() and bool(json.loads(cfg.read_text()).get("chat_template"))

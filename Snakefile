@@ -1,0 +1,21 @@
+# codeinterp: mechanistic interpretability of code-generating language models.
+# Run from any directory: snakemake -s <repo>/Snakefile -d <workdir> --cores 2 [--configfile <file>]
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/datasets.smk"
+include: "rules/generation.smk"
+include: "rules/evaluation.smk"
+include: "rules/targets.smk"
+include: "rules/lens.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

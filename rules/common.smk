@@ -1,0 +1,79 @@
+import os
+import re
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+REPO = Path(workflow.basedir)
+DATA_DIR = REPO / "data"
+
+
+# A --configfile replaces the defaults instead of being merged into them: merging would
+# add the default model and datasets to every user config.
+if not config:
+    with open(REPO / "config.yaml") as fh:
+        config.update(yaml.safe_load(fh))
+validate(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+
+MODELS = sorted(config["models"])
+DATASETS = sorted(config["datasets"])
+
+
+def benchmark_of(dataset):
+    return config["datasets"][dataset].get("benchmark", dataset)
+
+
+for _name in DATASETS:
+    if benchmark_of(_name) not in ("humaneval", "mbpp", "mbpp-sanitized", "livecodebench"):
+        raise ValueError(
+            f"datasets.{_name}: unknown benchmark {benchmark_of(_name)!r} "
+            "(set `benchmark:` to humaneval, mbpp, mbpp-sanitized or livecodebench)"
+        )
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)),
+    dataset="|".join(map(re.escape, DATASETS)),
+
+
+def model_spec(model):
+    return config["models"][model]
+
+
+def dataset_spec(dataset):
+    spec = dict(config["datasets"][dataset])
+    spec["benchmark"] = benchmark_of(dataset)
+    spec["seed"] = config["seed"]
+    return spec
+
+
+def generation_settings(model):
+    return {**config["generation"], "chat": model_spec(model).get("chat"), "seed": config["seed"]}
+
+
+def prompt_settings(model):
+    """What shapes the analysis contexts: a change here reruns targets, not generation-only settings."""
+    return {"mode": config["generation"]["mode"], "chat": model_spec(model).get("chat")}
+
+
+def vllm_python():
+    return config["generation"]["vllm_python"] or str(REPO / ".venv-vllm" / "bin" / "python")
+
+
+def uses_generations():
+    return config["targets"]["source"] in ("correct", "both")
+
+
+def model_dir(model):
+    return f"resources/models/{model}"
+
+
+def final_outputs():
+    outs = ["reports/report.html"]
+    for m in MODELS:
+        for d in DATASETS:
+            outs.append(f"results/{m}/{d}/pass_at_k.parquet")
+            if config["lens"]["enabled"]:
+                outs.append(f"results/{m}/{d}/lens_layers.parquet")
+    return outs

@@ -1,0 +1,14 @@
+rule evaluate:
+    input:
+        problems="results/datasets/{dataset}/problems.parquet",
+        generations="results/{model}/{dataset}/generations.parquet",
+    output:
+        verdicts="results/{model}/{dataset}/verdicts.parquet",
+        pass_at_k="results/{model}/{dataset}/pass_at_k.parquet",
+    params:
+        limits=config["evaluation"],
+    log:
+        "logs/evaluate/{model}/{dataset}.log",
+    threads: config["threads"]
+    script:
+        "../workflow/scripts/evaluate.py"

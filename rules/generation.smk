@@ -1,0 +1,16 @@
+rule generate:
+    input:
+        model=lambda wc: model_dir(wc.model),
+        problems="results/datasets/{dataset}/problems.parquet",
+    output:
+        "results/{model}/{dataset}/generations.parquet",
+    params:
+        settings=lambda wc: generation_settings(wc.model),
+        vllm_python=vllm_python(),
+    log:
+        "logs/generate/{model}/{dataset}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    script:
+        "../workflow/scripts/generate.py"

@@ -1,0 +1,12 @@
+rule prepare_model:
+    output:
+        directory("resources/models/{model}"),
+    params:
+        spec=lambda wc: model_spec(wc.model),
+    log:
+        "logs/prepare_model/{model}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    script:
+        "../workflow/scripts/prepare_model.py"

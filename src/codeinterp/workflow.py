@@ -1,0 +1,59 @@
+"""What every workflow script shares: logging to the rule's log, one-line errors, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from .errors import ConfigError
+
+
+def run_script(snakemake, main) -> None:
+    """Run `main(snakemake)` with logging into the rule's log file.
+
+    A ConfigError ends the job with its one-line message (Snakemake then removes the
+    job's outputs, so no partial output is left); any other error keeps its traceback.
+    """
+    log_path = snakemake.log[0] if snakemake.log else None
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(snakemake.threads)))
+    except ImportError:
+        pass
+    try:
+        main(snakemake)
+    except ConfigError as err:
+        logging.getLogger("codeinterp").error("%s", err)
+        print(f"codeinterp error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+def write_parquet(df: pl.DataFrame, path: str | os.PathLike) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a table.
+
+    Statistics off and no compression level surprises: the same frame gives the same bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.write_parquet(tmp, compression="zstd", statistics=False)
+    os.replace(tmp, path)
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,16 @@
+from codeinterp.datasets import load_problems, select_problems, write_problems
+from codeinterp.workflow import run_script
+
+
+def main(smk):
+    spec = smk.params.spec
+    problems = load_problems(spec["benchmark"], smk.params.data_dir)
+    problems = problems.with_columns(dataset=problems["dataset"].str.replace(".*", smk.wildcards.dataset))
+    chosen = select_problems(
+        problems, limit=spec.get("limit"), ids=spec.get("ids"), sample=spec.get("sample"),
+        seed=spec["seed"], split=spec.get("split"),
+    )
+    write_problems(chosen, smk.output[0])
+
+
+run_script(snakemake, main)  # noqa: F821
