@@ -1,0 +1,104 @@
+"""End to end: the tiny pipeline from an empty directory, then no-op and partial reruns."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, configfile: Path) -> dict[str, int]:
+    """Rule -> job count that a dry run would execute."""
+    out = snakemake(workdir, "--configfile", str(configfile), "-n").stdout
+    jobs = {}
+    for line in out.splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, "--configfile", str(TINY))
+    return workdir
+
+
+def test_tiny_pipeline_ends_in_report(tiny_run):
+    report = tiny_run / "reports" / "report.html"
+    assert report.exists()
+    page = report.read_text()
+    assert "vegaEmbed" in page and "<script src=" not in page  # inlined, no network needed
+    for dataset in ("humaneval", "mbpp", "livecodebench"):
+        verdicts = pl.read_parquet(tiny_run / f"results/tiny-llama/{dataset}/verdicts.parquet")
+        gens = pl.read_parquet(tiny_run / f"results/tiny-llama/{dataset}/generations.parquet")
+        assert len(verdicts) == len(gens) > 0
+        assert (tiny_run / f"results/tiny-llama/{dataset}/lens_layers.parquet").exists()
+    facts = yaml.safe_load((tiny_run / "resources/models/tiny-llama/facts.json").read_text())
+    assert facts["n_kv_heads"] == 2
+
+
+def test_second_run_does_nothing(tiny_run):
+    assert planned_jobs(tiny_run, TINY) == {}
+
+
+def test_generation_change_reruns_only_dependants(tiny_run, tmp_path):
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["generation"]["max_new_tokens"] = 16
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    jobs = planned_jobs(tiny_run, changed)
+    assert jobs == {"all": 1, "generate": 3, "evaluate": 3, "report": 1}
+
+
+def test_same_config_gives_identical_tables(tiny_run, tmp_path):
+    other = tmp_path / "again"
+    shutil.copytree(tiny_run / "resources", other / "resources")
+    snakemake(other, "--configfile", str(TINY))
+    for name in ("generations", "verdicts", "targets", "lens_layers", "lens_tokens"):
+        a = (tiny_run / f"results/tiny-llama/humaneval/{name}.parquet").read_bytes()
+        b = (other / f"results/tiny-llama/humaneval/{name}.parquet").read_bytes()
+        if name in ("generations", "verdicts"):
+            # wall-clock seconds differ between runs; everything else must match
+            da, db = pl.read_parquet(tiny_run / f"results/tiny-llama/humaneval/{name}.parquet"), pl.read_parquet(other / f"results/tiny-llama/humaneval/{name}.parquet")
+            assert da.drop("seconds").equals(db.drop("seconds"))
+        else:
+            assert a == b, name
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["generation"].update(backend="nope"), "backend"),
+        (lambda c: c["datasets"].update(bogus={"limit": 1}), "bogus"),
+        (lambda c: c["models"]["tiny-llama"].update(source="nowhere"), "source"),
+        (lambda c: c["datasets"]["humaneval"].update(ids=["HumanEval/9999"]), "HumanEval/9999"),
+        (lambda c: c["generation"].update(backend="replay", samples="/nonexistent/samples.jsonl"), "/nonexistent/samples.jsonl"),
+    ],
+)
+def test_bad_input_is_a_one_line_error(tmp_path, mutate, message):
+    cfg = yaml.safe_load(TINY.read_text())
+    mutate(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tmp_path / "w", "--configfile", str(path), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not list((tmp_path / "w").glob("results/**/generations.parquet"))
