@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from codeinterp.sandbox import Limits, RunResult, run_python
+from codeinterp.sandbox import Limits, RunResult, isolation_available, run_python
 
 __all__ = ["Verdict", "STATUSES", "check_program", "evaluate_many", "pass_at_k", "pass_at_k_table",
            "normalize_output"]
@@ -109,8 +109,6 @@ def check_program(program: str, test_type: str, tests: str, limits: Limits) -> V
                 return Verdict("failed", _cap(f"case {i}: wrong output (got {got[:120]!r})"),
                                isolation, round(seconds, 4))
         if not cases:
-            from codeinterp.sandbox import isolation_available
-
             isolation = isolation_available() if limits.isolation == "auto" else limits.isolation
         return Verdict("passed", "", isolation, round(seconds, 4))
     raise ValueError(f"unknown test_type {test_type!r} (expected 'assert' or 'stdin')")
@@ -171,3 +169,39 @@ def pass_at_k_table(verdicts: pl.DataFrame, ks: list[int]) -> pl.DataFrame:
         values = [None if k > n else pass_at_k(n, c, k) for n, c in zip(counts["n"], counts["c"])]
         counts = counts.with_columns(pl.Series(f"pass@{k}", values, dtype=pl.Float64))
     return counts
+
+
+VERDICT_SCHEMA = {
+    "dataset": pl.Utf8,
+    "problem_id": pl.Utf8,
+    "sample_index": pl.Int64,
+    "status": pl.Utf8,
+    "message": pl.Utf8,
+    "isolation": pl.Utf8,
+    "seconds": pl.Float64,
+}
+
+
+def evaluate_generations(problems: pl.DataFrame, generations: pl.DataFrame, limits: Limits, workers: int,
+                         ks: list[int]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The `evaluate` stage: one verdict per generated sample, and pass@k per problem."""
+    tests = {r["problem_id"]: (r["test_type"], r["tests"]) for r in problems.iter_rows(named=True)}
+    unknown = sorted(set(generations["problem_id"]) - set(tests))
+    if unknown:
+        raise ValueError(f"generations name problem(s) missing from the dataset: {', '.join(unknown[:5])}")
+    gens = generations.sort("problem_id", "sample_index")
+    items = [(g["program"], *tests[g["problem_id"]]) for g in gens.iter_rows(named=True)]
+    verdicts = evaluate_many(items, limits, workers)
+    table = pl.DataFrame(
+        {
+            "dataset": gens["dataset"],
+            "problem_id": gens["problem_id"],
+            "sample_index": gens["sample_index"],
+            "status": [v.status for v in verdicts],
+            "message": [v.message for v in verdicts],
+            "isolation": [v.isolation for v in verdicts],
+            "seconds": [v.seconds for v in verdicts],
+        },
+        schema=VERDICT_SCHEMA,
+    )
+    return table, pass_at_k_table(table, ks)

@@ -65,6 +65,8 @@ def lens_batch(model, batch: Batch) -> pl.DataFrame:
 def layer_lens(model, targets: list[Target], batch_size: int, pad_id: int = 0) -> pl.DataFrame:
     """Per-token lens statistics for every layer, sorted for byte-identical output."""
     frames = [lens_batch(model, b) for b in batches(targets, batch_size, pad_id)]
+    if not frames:
+        return pl.DataFrame(schema=TOKEN_SCHEMA)
     return pl.concat(frames).sort("target_id", "layer", "position")
 
 

@@ -149,15 +149,39 @@ def _rlimits(limits: Limits, uid: int | None) -> list:
 
 _slot_lock = threading.Lock()
 _slots_in_use: set[int] = set()
+_slot_cursor = 0
+
+
+def _uids_present() -> set[int]:
+    """uids of all processes, zombies included (they still count for RLIMIT_NPROC)."""
+    uids = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                uids.add(os.stat(f"/proc/{p}").st_uid)
+            except OSError:
+                pass
+    return uids
 
 
 def _acquire_uid() -> tuple[int, int] | None:
-    """A uid no other concurrent run on this host uses, or None when full."""
+    """A uid no other concurrent run on this host uses, or None when none is free.
+
+    Slots rotate (least recently used first) and a slot whose uid still owns
+    processes is skipped: the processes of a killed fork bomb are re-parented to
+    PID 1 and stay zombies -- counted against RLIMIT_NPROC of that uid -- until
+    PID 1 reaps them, which can take seconds in some containers.
+    """
+    global _slot_cursor
+    base = _UID_BASE + (os.getpid() % (1 << 22)) * _SLOTS
     with _slot_lock:
-        for slot in range(_SLOTS):
-            if slot not in _slots_in_use:
+        busy = _uids_present()
+        for i in range(_SLOTS):
+            slot = (_slot_cursor + i) % _SLOTS
+            if slot not in _slots_in_use and base + slot not in busy:
                 _slots_in_use.add(slot)
-                return _UID_BASE + (os.getpid() % (1 << 22)) * _SLOTS + slot, slot
+                _slot_cursor = slot + 1
+                return base + slot, slot
     return None
 
 
@@ -348,16 +372,29 @@ def _exited(pid: int) -> bool:
 
 
 def _rmtree(path: str) -> None:
+    """Remove a run directory even if the program made parts of it unreadable."""
+    root = os.path.abspath(path)
+
     def onerror(func, p, exc_info):
+        if isinstance(exc_info[1], FileNotFoundError):
+            return
+        p = os.path.abspath(p)
+        # only ever chmod inside the run directory, never its parent
+        for q in (os.path.dirname(p), p):
+            if q == root or q.startswith(root + os.sep):
+                try:
+                    os.chmod(q, 0o700, follow_symlinks=False)
+                except (OSError, NotImplementedError):
+                    pass
         try:
-            os.chmod(os.path.dirname(p) or p, 0o700)
-            os.chmod(p, 0o700)
             func(p)
         except OSError:
             pass
 
-    shutil.rmtree(path, onerror=onerror)
-    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(root):
+        shutil.rmtree(root, onerror=onerror)
+    if os.path.lexists(root):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def run_python(source: str, stdin: str = "", limits: Limits = Limits()) -> RunResult:
@@ -365,7 +402,12 @@ def run_python(source: str, stdin: str = "", limits: Limits = Limits()) -> RunRe
     isolation = _resolve_isolation(limits.isolation)
     probe = _get_probe()
     start = time.monotonic()
-    got = _acquire_uid() if probe["drop_uid"] else None
+    got = None
+    if probe["drop_uid"]:
+        wait_end = time.monotonic() + 5.0
+        while (got := _acquire_uid()) is None and time.monotonic() < wait_end:
+            time.sleep(0.1)  # all slots busy or still holding zombies: wait a little
+        # None after that: run under our own uid (weaker: pgid/sid/marker scan only)
     uid = got[0] if got else None
     token = uuid.uuid4().hex
     rundir = tempfile.mkdtemp(prefix="codeinterp-run-")

@@ -14,6 +14,7 @@ import collections
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -76,15 +77,24 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+# A traceback's last line in vLLM's engine log, e.g.
+# "(Worker pid=1) ERROR 11-22 00:44:35 [x.py:1] RuntimeError: Unsupported CPU attention ..."
+_ROOT_CAUSE = re.compile(r"\bERROR\b.*?\]\s+((?:[\w.]+)(?:Error|Exception)\b:.*)$")
+
+
 def _last_error_line(lines: collections.deque[str]) -> str:
-    """The worker's own one-line message if it wrote one, else the last line it logged."""
-    for line in reversed(lines):
-        if line.startswith("vllm_worker:"):
-            return line
-    for line in reversed(lines):
-        if line.strip():
-            return line.strip()
-    return "(no output)"
+    """The worker's own one-line message if it wrote one, else the last line it logged.
+
+    When an engine process died first, vLLM's own message only says "see stack trace
+    above", so the first exception line of the engine log is added as the root cause.
+    """
+    message = next((ln for ln in reversed(lines) if ln.startswith("vllm_worker:")), None)
+    if message is None:
+        message = next((ln.strip() for ln in reversed(lines) if ln.strip()), "(no output)")
+    cause = next((m.group(1).strip() for ln in lines if (m := _ROOT_CAUSE.search(ln))), None)
+    if cause and cause not in message:
+        message += f" (root cause: {cause})"
+    return message
 
 
 def generate_vllm(
@@ -140,7 +150,7 @@ def generate_vllm(
             cwd=tmp,
             start_new_session=True,
         )
-        tail: collections.deque[str] = collections.deque(maxlen=200)
+        tail: collections.deque[str] = collections.deque(maxlen=2000)
 
         def relay() -> None:
             assert proc.stdout is not None

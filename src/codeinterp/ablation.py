@@ -1,0 +1,525 @@
+"""Head ablation sweeps, exact and fast, and cumulative knockout curves.
+
+Three layers of machinery:
+
+* `BlockRunner` / `run_from_layer`: run decoder blocks L..end of a Hugging Face model
+  directly on a residual stream (TransformerLens' `start_at_layer`), building the
+  position embeddings and the 4D attention mask exactly as the model's own forward does
+  (`transformers.masking_utils.create_causal_mask` with the model's config, so eager,
+  sdpa and Qwen2 sliding-window layers all get what they expect). Reusable for causal
+  tracing / activation patching.
+* `naive_head_ablation`: the reference. One full forward per (layer, head) with that head
+  ablated through `heads.head_intervention`, full-vocabulary logits at every position,
+  cross-entropy at the scored positions.
+* `head_ablation`: the same numbers (to float round-off), much faster. Per batch of
+  targets one clean pass runs layer by layer; at layer L it keeps the clean residual after
+  attention (`mid`) and the clean per-head outputs `z` (the o_proj input). Ablating head h
+  of layer L changes that layer's output projection by exactly `(fill_h - z_h) @ W_O[h]`
+  (the projection is linear, its bias does not depend on any head), so the ablated
+  residual after layer L's attention is `mid + (fill_h - z_h) @ W_O[h]`: no attention of
+  layer L is recomputed. `heads_per_pass` such residuals go on the batch axis, then layer
+  L's MLP and blocks L+1..end run once for all of them, and the final norm and the
+  unembedding are applied at the scored positions only. The clean pass continues from
+  `mid`, so no residual is cached beyond the current layer: memory is
+  O(heads_per_pass * batch_size * T * D) whatever the number of targets.
+  In the last block only the scored positions are needed as queries (every position is
+  still needed as key/value), so `head_ablation` computes that block's queries, attention
+  output projection and MLP at the scored positions only (exact: everything downstream of
+  the last block's attention is position-wise).
+
+All losses are the mean cross-entropy over a target's code tokens (as `scoring.code_losses`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+
+from .heads import full_mask, head_intervention, mask_from_heads
+from .scoring import Batch, Target, batches, per_target_mean
+from .sites import head_out_proj, layout
+
+KINDS = ("zero", "mean")
+
+ABLATION_SCHEMA = {
+    "layer": pl.Int64,
+    "head": pl.Int64,
+    "ablation": pl.Utf8,
+    "target_id": pl.Utf8,
+    "base_loss": pl.Float64,
+    "ablated_loss": pl.Float64,
+    "delta": pl.Float64,
+}
+KNOCKOUT_SCHEMA = {"k": pl.Int64, "layer": pl.Int64, "head": pl.Int64, "loss": pl.Float64}
+
+
+def _llama_like(model) -> bool:
+    return hasattr(model, "model") and hasattr(model.model, "layers")
+
+
+def _pad_id(model) -> int:
+    pad = getattr(model.config, "pad_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+def _trim(batch: Batch) -> Batch:
+    """Drop the columns after the last scored position: causal attention means they cannot
+    change any scored logit (usually just the last token of the longest target)."""
+    width = int(batch.positions.max()) + 1
+    if width == batch.input_ids.shape[1]:
+        return batch
+    return Batch(
+        batch.target_ids, batch.input_ids[:, :width], batch.attention_mask[:, :width],
+        batch.rows, batch.positions, batch.labels, batch.owner,
+    )
+
+
+class BlockRunner:
+    """Runs the blocks of `model` on residual streams for one batch geometry.
+
+    `attention_mask` is the usual [B, T] 0/1 padding mask. Residuals may carry any whole
+    multiple of B rows (the batch repeated `rep` times, row `j * B + b` being a copy of
+    row `b`); the 4D mask is built (and cached) for each such size.
+    """
+
+    def __init__(self, model, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None):
+        self.model = model
+        self.lay = layout(model)
+        self.llama = _llama_like(model)
+        self.attention_mask = attention_mask
+        self.B, self.T = attention_mask.shape
+        if position_ids is None:
+            position_ids = torch.arange(self.T, device=attention_mask.device).unsqueeze(0)
+        self.position_ids = position_ids
+        self._masks: dict[tuple[int, str], torch.Tensor | None] = {}
+        self._rope = None
+        types = getattr(model.config, "layer_types", None)
+        self.layer_types = list(types) if types else ["full_attention"] * len(self.lay.blocks)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.lay.blocks)
+
+    # -- inputs of the blocks ------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.llama:
+            return self.model.model.embed_tokens(input_ids)
+        tr = self.model.transformer
+        return tr.drop(tr.wte(input_ids) + tr.wpe(self.position_ids))
+
+    def mask(self, layer: int, like: torch.Tensor):
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        rows = like.shape[0]
+        if rows % self.B:
+            raise ValueError(f"residual batch {rows} is not a multiple of the batch {self.B}")
+        kind = self.layer_types[layer]
+        key = (rows, kind)
+        if key not in self._masks:
+            make = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
+            self._masks[key] = make(
+                config=self.model.config,
+                inputs_embeds=like,
+                attention_mask=self.attention_mask.repeat(rows // self.B, 1),
+                past_key_values=None,
+                position_ids=self.position_ids,
+            )
+        return self._masks[key]
+
+    def rope(self, like: torch.Tensor):
+        if self._rope is None:
+            self._rope = self.model.model.rotary_emb(like, self.position_ids)
+        return self._rope
+
+    # -- the two halves of a block -------------------------------------------------------
+    def attn_half(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        blk = self.lay.blocks[layer]
+        if self.llama:
+            out, _ = blk.self_attn(
+                hidden_states=blk.input_layernorm(resid),
+                position_embeddings=self.rope(resid),
+                attention_mask=self.mask(layer, resid),
+                position_ids=self.position_ids,
+            )
+        else:
+            out, _ = blk.attn(blk.ln_1(resid), attention_mask=self.mask(layer, resid))
+        return resid + out
+
+    def mlp_half(self, layer: int, mid: torch.Tensor) -> torch.Tensor:
+        blk = self.lay.blocks[layer]
+        if self.llama:
+            return mid + blk.mlp(blk.post_attention_layernorm(mid))
+        return mid + blk.mlp(blk.ln_2(mid))
+
+    def block(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
+        return self.mlp_half(layer, self.attn_half(layer, resid))
+
+    def run(self, resid: torch.Tensor, start_layer: int = 0, end_layer: int | None = None) -> torch.Tensor:
+        """Blocks start_layer..end_layer-1 (all remaining by default); no final norm."""
+        for layer in range(start_layer, self.n_layers if end_layer is None else end_layer):
+            resid = self.block(layer, resid)
+        return resid
+
+    # -- last block restricted to the query positions that are read ----------------------
+    def can_restrict_last_block(self) -> bool:
+        """Whether `last_block_at` knows this attention (plain causal MHA/GQA, RoPE or GPT-2)."""
+        layer = self.n_layers - 1
+        if self.layer_types[layer] != "full_attention":
+            return False
+        blk = self.lay.blocks[layer]
+        if self.llama:
+            attn = blk.self_attn
+            return all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")) and not any(
+                hasattr(attn, a) for a in ("q_norm", "k_norm")
+            )
+        return not getattr(blk.attn, "reorder_and_upcast_attn", False)
+
+    def last_block_at(self, resid: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Output of the last block at (rows, positions) only: [N, D].
+
+        Keys and values come from every position; queries, attention output, output
+        projection and MLP only at the requested positions. Equal (to round-off) to
+        `self.block(last, resid)[rows, positions]`, but much cheaper when few positions are read.
+        """
+        layer = self.n_layers - 1
+        blk = self.lay.blocks[layer]
+        attn = blk.self_attn if self.llama else blk.attn
+        n_heads, head_dim = self.lay.n_heads, self.lay.head_dim
+        if self.llama:
+            h = blk.input_layernorm(resid)
+            q = attn.q_proj(h[rows, positions]).view(-1, n_heads, head_dim)  # [N, H, d]
+            k = attn.k_proj(h).view(*h.shape[:2], -1, head_dim)  # [R, T, Hkv, d]
+            v = attn.v_proj(h).view(*h.shape[:2], -1, head_dim)
+            cos, sin = self.rope(resid)
+            cos_q, sin_q = cos[0, positions].unsqueeze(1), sin[0, positions].unsqueeze(1)  # [N, 1, d]
+            q = q * cos_q + _rotate_half(q) * sin_q
+            k = k * cos[0][None, :, None] + _rotate_half(k) * sin[0][None, :, None]
+            scaling = attn.scaling
+        else:
+            h = blk.ln_1(resid)
+            qkv = attn.c_attn(h)
+            q = qkv[rows, positions, : attn.split_size].view(-1, n_heads, head_dim)
+            k = qkv[..., attn.split_size : 2 * attn.split_size].view(*h.shape[:2], n_heads, head_dim)
+            v = qkv[..., 2 * attn.split_size :].view(*h.shape[:2], n_heads, head_dim)
+            scaling = attn.scaling
+        n_kv = k.shape[2]
+        group = n_heads // n_kv
+        k = k[rows]  # [N, T, Hkv, d]
+        v = v[rows]
+        qg = q.view(-1, n_kv, group, head_dim)  # [N, Hkv, G, d]
+        scores = torch.einsum("nkgd,ntkd->nkgt", qg, k) * scaling
+        # Causal + padding mask of the queried positions, additive as transformers' eager mask.
+        keys = torch.arange(resid.shape[1])
+        allowed = (keys[None, :] <= positions[:, None]) & self.attention_mask[rows % self.B].bool()
+        bias = torch.zeros(allowed.shape, dtype=scores.dtype).masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        scores = scores + bias[:, None, None, :]
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        z = torch.einsum("nkgt,ntkd->nkgd", weights, v).reshape(-1, n_heads * head_dim)
+        proj = attn.o_proj if self.llama else attn.c_proj
+        mid = resid[rows, positions] + proj(z)
+        return self.mlp_half(layer, mid)
+
+    # -- readout ---------------------------------------------------------------------------
+    def losses_at(self, hidden: torch.Tensor, batch: Batch, rep: int) -> torch.Tensor:
+        """Per-target code losses from last-block outputs already gathered at the scored
+        positions ([rep * N, D], copy-major), as [rep, B]."""
+        logits = self.lay.unembed(self.lay.final_norm(hidden)).float()
+        ce = F.cross_entropy(logits, batch.labels.repeat(rep), reduction="none")
+        owner = (batch.owner[None, :] + self.B * torch.arange(rep)[:, None]).reshape(-1)
+        return per_target_mean(ce, owner, rep * self.B).view(rep, self.B)
+
+    def losses(self, final: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-target code losses from the last block's output [rep * B, T, D], as [rep, B]."""
+        rep = final.shape[0] // self.B
+        rows, positions = _rep_index(batch, self.B, rep)
+        return self.losses_at(final[rows, positions], batch, rep)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _rep_index(batch: Batch, B: int, rep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows = (batch.rows[None, :] + B * torch.arange(rep)[:, None]).reshape(-1)
+    return rows, batch.positions.repeat(rep)
+
+
+def run_from_layer(
+    model,
+    resid: torch.Tensor,
+    start_layer: int,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    end_layer: int | None = None,
+) -> torch.Tensor:
+    """Run blocks start_layer..end_layer-1 on `resid` ([R, T, D], R a multiple of the
+    [B, T] `attention_mask`'s B). Returns the residual after the last block run, before
+    the final norm."""
+    return BlockRunner(model, attention_mask, position_ids).run(resid, start_layer, end_layer)
+
+
+def _head_out_weights(model, layer: int) -> torch.Tensor:
+    """[H, d, D]: head h's output z_h [.., d] adds z_h @ W[h] to the residual."""
+    lay = layout(model)
+    proj = head_out_proj(model, layer)
+    if proj.__class__.__name__ == "Conv1D":  # GPT-2 stores [in, out]
+        w = proj.weight
+    else:
+        w = proj.weight.t()
+    return w.reshape(lay.n_heads, lay.head_dim, w.shape[-1])
+
+
+def _capture_head_outputs(model, layer: int, fn: Callable[[], torch.Tensor]):
+    seen = {}
+
+    def hook(module, args):
+        seen["z"] = args[0]
+
+    handle = head_out_proj(model, layer).register_forward_pre_hook(hook)
+    try:
+        out = fn()
+    finally:
+        handle.remove()
+    return out, seen["z"]
+
+
+@torch.no_grad()
+def mean_head_outputs(model, targets: Sequence[Target], batch_size: int, scope: str = "all") -> torch.Tensor:
+    """Mean output of every head, [L, H, head_dim], pooled over tokens.
+
+    scope="all" (default): every real (non-pad) position of every target, context and code
+    alike; mean ablation replaces a head's output at every position, so this is the matching
+    "typical" value. scope="scored": only the positions whose logits are scored.
+    Accumulated in float64 in a fixed batch order, hence deterministic.
+    """
+    if scope not in ("all", "scored"):
+        raise ValueError(f"scope {scope!r} is not 'all' or 'scored'")
+    lay = layout(model)
+    n_layers = len(lay.blocks)
+    sums = torch.zeros(n_layers, lay.n_heads * lay.head_dim, dtype=torch.float64)
+    count = 0
+    for batch in batches(list(targets), batch_size, _pad_id(model)):
+        runner = BlockRunner(model, batch.attention_mask)
+        if scope == "all":
+            sel = batch.attention_mask.bool()
+            count += int(sel.sum())
+        else:
+            sel = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
+            sel[batch.rows, batch.positions] = True
+            count += int(sel.sum())
+        resid = runner.embed(batch.input_ids)
+        for layer in range(n_layers):
+            mid, z = _capture_head_outputs(model, layer, lambda: runner.attn_half(layer, resid))
+            sums[layer] += z[sel].double().sum(0)
+            if layer < n_layers - 1:
+                resid = runner.mlp_half(layer, mid)
+    return (sums / max(count, 1)).float().view(n_layers, lay.n_heads, lay.head_dim)
+
+
+def _resolve_fill(model, targets, kind: str, batch_size: int, fill: torch.Tensor | None):
+    if kind not in KINDS:
+        raise ValueError(f"ablation kind {kind!r} is not one of {KINDS}")
+    if kind == "zero":
+        if fill is not None:
+            raise ValueError("zero ablation takes no fill")
+        return None
+    return fill if fill is not None else mean_head_outputs(model, targets, batch_size)
+
+
+def _frame(records: list[tuple[int, int, str, float, float]], kind: str) -> pl.DataFrame:
+    layer, head, tid, base, abl = (list(c) for c in zip(*records)) if records else ([], [], [], [], [])
+    df = pl.DataFrame(
+        {"layer": layer, "head": head, "ablation": [kind] * len(layer), "target_id": tid,
+         "base_loss": base, "ablated_loss": abl},
+        schema={k: v for k, v in ABLATION_SCHEMA.items() if k != "delta"},
+    )
+    df = df.with_columns((pl.col("ablated_loss") - pl.col("base_loss")).alias("delta"))
+    return df.sort("layer", "head", "target_id")
+
+
+@torch.no_grad()
+def naive_head_ablation(
+    model, targets: Sequence[Target], kind: str = "zero", batch_size: int = 8, fill: torch.Tensor | None = None
+) -> pl.DataFrame:
+    """Reference sweep: a full forward (full-vocabulary logits everywhere) per head."""
+    fill = _resolve_fill(model, targets, kind, batch_size, fill)
+    lay = layout(model)
+    records = []
+
+    def losses(batch):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float()
+        ce = F.cross_entropy(logits[batch.rows, batch.positions], batch.labels, reduction="none")
+        return per_target_mean(ce, batch.owner, len(batch.target_ids))
+
+    for batch in batches(list(targets), batch_size, _pad_id(model)):
+        base = losses(batch).tolist()
+        for layer in range(len(lay.blocks)):
+            for head in range(lay.n_heads):
+                with head_intervention(model, mask_from_heads(model, [(layer, head)]), fill):
+                    abl = losses(batch).tolist()
+                records += [(layer, head, t, b, a) for t, b, a in zip(batch.target_ids, base, abl)]
+    return _frame(records, kind)
+
+
+@torch.no_grad()
+def head_ablation(
+    model,
+    targets: Sequence[Target],
+    kind: str = "zero",
+    batch_size: int = 8,
+    heads_per_pass: int | None = None,
+    fill: torch.Tensor | None = None,
+) -> pl.DataFrame:
+    """Exact single-head ablation sweep, fast (see the module docstring).
+
+    kind="zero" replaces a head's output by 0; kind="mean" by `fill` ([L, H, head_dim];
+    `mean_head_outputs(model, targets, batch_size)` when not given). `heads_per_pass` heads
+    of one layer share a forward on the batch axis (all of the layer's heads by default).
+    Returns one row per (layer, head, target) with the clean and ablated code losses.
+    """
+    fill = _resolve_fill(model, targets, kind, batch_size, fill)
+    lay = layout(model)
+    n_layers, n_heads, head_dim = len(lay.blocks), lay.n_heads, lay.head_dim
+    per_pass = max(1, min(heads_per_pass or n_heads, n_heads))
+    records = []
+    for batch in batches(list(targets), batch_size, _pad_id(model)):
+        batch = _trim(batch)
+        runner = BlockRunner(model, batch.attention_mask)
+        B, T = batch.input_ids.shape
+        resid = runner.embed(batch.input_ids)
+        ablated = torch.empty(n_layers, n_heads, B)
+        last = n_layers - 1
+        for layer in range(n_layers):
+            mid, z = _capture_head_outputs(model, layer, lambda: runner.attn_half(layer, resid))
+            z = z.view(B, T, n_heads, head_dim)
+            w = _head_out_weights(model, layer)
+            for h0 in range(0, n_heads, per_pass):
+                hs = list(range(h0, min(h0 + per_pass, n_heads)))
+                k = len(hs)
+                diff = -z[:, :, hs] if fill is None else fill[layer, hs].to(z.dtype) - z[:, :, hs]
+                x = mid.unsqueeze(0) + torch.einsum("btkd,kde->kbte", diff, w[hs])  # [k, B, T, D]
+                x = x.reshape(k * B, T, -1)
+                rows, positions = _rep_index(batch, B, k)
+                if layer == last:
+                    out = runner.mlp_half(layer, x[rows, positions])
+                else:
+                    x = runner.mlp_half(layer, x)
+                    if runner.can_restrict_last_block():
+                        x = runner.run(x, layer + 1, last)
+                        out = runner.last_block_at(x, rows, positions)
+                    else:
+                        out = runner.run(x, layer + 1)[rows, positions]
+                ablated[layer, hs] = runner.losses_at(out, batch, k)
+            if layer < last:
+                resid = runner.mlp_half(layer, mid)
+            else:
+                rows, positions = _rep_index(batch, B, 1)
+                base = runner.losses_at(runner.mlp_half(layer, mid[rows, positions]), batch, 1)[0].tolist()
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                records += [
+                    (layer, head, t, b, a) for t, b, a in zip(batch.target_ids, base, ablated[layer, head].tolist())
+                ]
+    return _frame(records, kind)
+
+
+def delta_matrix(df: pl.DataFrame) -> np.ndarray:
+    """[L, H] mean delta over targets (one ablation kind per frame)."""
+    kinds = df["ablation"].unique().to_list()
+    if len(kinds) > 1:
+        raise ValueError(f"frame mixes ablation kinds {sorted(kinds)}: filter it first")
+    agg = df.group_by("layer", "head").agg(pl.col("delta").mean()).sort("layer", "head")
+    out = np.full((int(df["layer"].max()) + 1, int(df["head"].max()) + 1), np.nan)
+    out[agg["layer"].to_numpy(), agg["head"].to_numpy()] = agg["delta"].to_numpy()
+    return out
+
+
+@torch.no_grad()
+def knockout(
+    model,
+    targets: Sequence[Target],
+    ranking: Sequence[tuple[int, int]],
+    batch_size: int = 8,
+    kind: str = "zero",
+    fill: torch.Tensor | None = None,
+    steps_per_pass: int = 8,
+) -> pl.DataFrame:
+    """Cumulative removal in `ranking` order: loss (mean over targets of the per-target code
+    loss) with the first k heads removed, k = 0..len(ranking). Columns k, layer, head (the
+    head removed at step k, null at k=0), loss.
+
+    `steps_per_pass` consecutive k values share a forward on the batch axis; they agree on
+    every layer below the earliest head they add to the chunk's first mask, so those layers
+    run once, on the batch alone.
+    """
+    fill = _resolve_fill(model, targets, kind, batch_size, fill)
+    lay = layout(model)
+    n_layers, n_heads = len(lay.blocks), lay.n_heads
+    ranking = [(int(l), int(h)) for l, h in ranking]
+    if len(set(ranking)) != len(ranking):
+        raise ValueError("knockout ranking repeats a head")
+    for l, h in ranking:
+        if not (0 <= l < n_layers and 0 <= h < n_heads):
+            raise ValueError(f"head ({l}, {h}) is outside the model's {n_layers} x {n_heads} heads")
+    n_steps = len(ranking) + 1
+    masks = [full_mask(model)]
+    for l, h in ranking:
+        m = masks[-1].clone()
+        m[l, h] = 0.0
+        masks.append(m)
+    sums = torch.zeros(n_steps, dtype=torch.float64)
+    n_targets = 0
+    per_pass = max(1, steps_per_pass)
+    for batch in batches(list(targets), batch_size, _pad_id(model)):
+        batch = _trim(batch)
+        runner = BlockRunner(model, batch.attention_mask)
+        B = batch.input_ids.shape[0]
+        n_targets += B
+        emb = runner.embed(batch.input_ids)
+        for k0 in range(0, n_steps, per_pass):
+            ks = list(range(k0, min(k0 + per_pass, n_steps)))
+            added = ranking[k0 : ks[-1]]
+            split = min((l for l, _ in added), default=n_layers)
+            with head_intervention(model, masks[k0], fill, layers=range(split)):
+                resid = runner.run(emb, 0, split)
+            keep = torch.stack([masks[k] for k in ks]).repeat_interleave(B, dim=0)
+            x = resid.repeat(len(ks), 1, 1)
+            with head_intervention(model, keep, fill, layers=range(split, n_layers)):
+                x = runner.run(x, split)
+            sums[ks] += runner.losses(x, batch).double().sum(1)
+    loss = (sums / max(n_targets, 1)).tolist()
+    return pl.DataFrame(
+        {
+            "k": list(range(n_steps)),
+            "layer": [None] + [l for l, _ in ranking],
+            "head": [None] + [h for _, h in ranking],
+            "loss": loss,
+        },
+        schema=KNOCKOUT_SCHEMA,
+    )
+
+
+def ranking_from_deltas(deltas: np.ndarray, most_first: bool) -> list[tuple[int, int]]:
+    """All heads ordered by delta (descending if most_first), ties by (layer, head)."""
+    L, H = deltas.shape
+    heads = [(l, h) for l in range(L) for h in range(H)]
+    sign = -1.0 if most_first else 1.0
+    return sorted(heads, key=lambda lh: (sign * float(deltas[lh]), lh[0], lh[1]))
+
+
+def knockout_curves(model, targets: Sequence[Target], delta_matrix: np.ndarray, batch_size: int = 8, **kwargs) -> pl.DataFrame:
+    """Knockout curves in both orders: most important first (descending delta) and least
+    important first (ascending), column `order` = "most_first" / "least_first"."""
+    deltas = np.asarray(delta_matrix, dtype=float)
+    if np.isnan(deltas).any():
+        raise ValueError("delta matrix has missing heads (NaN)")
+    frames = []
+    for order, most in (("most_first", True), ("least_first", False)):
+        df = knockout(model, targets, ranking_from_deltas(deltas, most), batch_size, **kwargs)
+        frames.append(df.with_columns(pl.lit(order).alias("order")).select("order", *KNOCKOUT_SCHEMA))
+    return pl.concat(frames)
