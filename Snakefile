@@ -12,6 +12,9 @@ include: "rules/generation.smk"
 include: "rules/evaluation.smk"
 include: "rules/targets.smk"
 include: "rules/lens.smk"
+include: "rules/ablation.smk"
+include: "rules/pruning.smk"
+include: "rules/subset_search.smk"
 include: "rules/report.smk"
 
 

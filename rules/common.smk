@@ -69,11 +69,32 @@ def model_dir(model):
     return f"resources/models/{model}"
 
 
+def analysis_outputs(model, dataset):
+    """Report inputs of one model and dataset, keyed by kind; which ones depends on the switches."""
+    base = f"results/{model}/{dataset}"
+    outs = {"verdicts": f"{base}/verdicts.parquet", "pass_at_k": f"{base}/pass_at_k.parquet"}
+    if config["lens"]["enabled"]:
+        outs["lens_layers"] = f"{base}/lens_layers.parquet"
+    ablation = config["ablation"]["enabled"]
+    if ablation:
+        outs["head_matrix"] = f"{base}/ablation/head_matrix.parquet"
+        if config["ablation"]["knockout"]:
+            outs["knockout"] = f"{base}/ablation/knockout.parquet"
+    if config["taylor"]["enabled"]:
+        outs["taylor_history"] = f"{base}/pruning/taylor_history.parquet"
+        if ablation:
+            outs["taylor_vs_exact"] = f"{base}/pruning/taylor_vs_exact.parquet"
+            outs["taylor_vs_exact_heads"] = f"{base}/pruning/taylor_vs_exact_heads.parquet"
+            if config["pruned_eval"]["enabled"]:
+                outs["pruned_eval"] = f"{base}/pruning/pruned_eval.parquet"
+            if config["subset_search"]["enabled"]:
+                outs["subset_compare"] = f"{base}/subset_search/compare.parquet"
+    return outs
+
+
 def final_outputs():
     outs = ["reports/report.html"]
     for m in MODELS:
         for d in DATASETS:
-            outs.append(f"results/{m}/{d}/pass_at_k.parquet")
-            if config["lens"]["enabled"]:
-                outs.append(f"results/{m}/{d}/lens_layers.parquet")
+            outs.extend(analysis_outputs(m, d).values())
     return outs

@@ -2,11 +2,8 @@ def report_inputs(wc):
     inputs = {"models": [model_dir(m) for m in MODELS]}
     for m in MODELS:
         for d in DATASETS:
-            base = f"results/{m}/{d}"
-            inputs[f"{m}|{d}|verdicts"] = f"{base}/verdicts.parquet"
-            inputs[f"{m}|{d}|pass_at_k"] = f"{base}/pass_at_k.parquet"
-            if config["lens"]["enabled"]:
-                inputs[f"{m}|{d}|lens_layers"] = f"{base}/lens_layers.parquet"
+            for kind, path in analysis_outputs(m, d).items():
+                inputs[f"{m}|{d}|{kind}"] = path
     return inputs
 
 

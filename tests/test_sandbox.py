@@ -290,3 +290,136 @@ def test_containment_without_uid_switch(mode, name, monkeypatch):
         assert procs_with(comm_is(marker)) == []
     else:
         assert procs_with(cmdline_has("0." + marker)) == []
+
+
+# ---------------------------------------------------------------- concurrent processes
+# Several processes (pytest runs, Snakemake jobs) use the sandbox at the same time on
+# one machine.  Each run's uid must be unique machine-wide, or one run's clean-up
+# ("SIGKILL every process of uid U", "remove my run directory") hits another's run.
+
+_WORKER = r'''
+import json, sys
+from codeinterp import sandbox
+from codeinterp.evaluation import evaluate_many
+from codeinterp.sandbox import Limits
+
+sandbox._uid_cursor = 0  # both processes start at the same place in the uid pool: worst case
+
+mode, marker, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+CHECK = "import os\nassert os.path.isfile('prog.py')\nopen('scratch.txt', 'w').write('x')\n"
+KINDS = {
+    # (program, passes?)
+    "pass": ("def f(x):\n    return 2 * x\n", True),
+    "fail": ("def f(x):\n    return 2 * x + 1\n", False),
+    "slow": ("import time\ntime.sleep(0.4)\ndef f(x):\n    return 2 * x\n", True),
+    "child": ("import subprocess\nsubprocess.Popen(['sleep', '1000', '0.MARK'])\n"
+              "def f(x):\n    return 2 * x\n", True),
+    "setsid": ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n    os._exit(0)\n"
+               "def f(x):\n    return 2 * x\n", True),
+    "forks": ("import os, time\nfor _ in range(12):\n    if os.fork() == 0:\n"
+              "        os.execvp('sleep', ['sleep', '1000', '0.MARK'])\n"
+              "def f(x):\n    return 2 * x\n", True),
+}
+order = ["pass", "fail", "slow", "child", "pass", "setsid", "fail", "forks"]
+items, expected = [], []
+for i in range(n):
+    program, ok = KINDS[order[i % len(order)]]
+    program = program.replace("MARK", marker)
+    script = CHECK + "assert f(%d) == %d\n" % (i, 2 * i)
+    items.append((program, "assert", json.dumps({"setup": "", "script": script})))
+    expected.append("passed" if ok else "failed")
+print("ready", flush=True)
+sys.stdin.readline()  # start together with the other process
+verdicts = evaluate_many(items, Limits(timeout_s=8, cpu_s=8, memory_mb=512, isolation=mode), 4)
+print(json.dumps({"expected": expected, "got": [[v.status, v.message] for v in verdicts]}), flush=True)
+'''
+
+
+def test_concurrent_processes_do_not_interfere(mode):
+    """Two processes evaluate 30 programs each at the same time; every verdict is exact in both."""
+    import subprocess
+    import sys
+
+    markers = [str(uuid.uuid4().int)[:12] for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, mode, m, "30"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for m in markers]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        res = json.loads(out.strip().splitlines()[-1])
+        got = [status for status, _ in res["got"]]
+        bad = [(i, want, msg) for i, (want, (status, msg)) in enumerate(zip(res["expected"], res["got"]))
+               if status != want]
+        assert got == res["expected"], bad
+        for (status, msg) in res["got"]:
+            assert status == "passed" or msg.startswith("AssertionError"), msg
+    for m in markers:
+        assert procs_with(cmdline_has("0." + m)) == []
+
+
+_LEASE_HOLDER = r'''
+import sys
+from codeinterp import sandbox
+sandbox._uid_cursor = int(sys.argv[1])
+lease = sandbox._acquire_uid()
+print(lease.uid, flush=True)
+sys.stdin.readline()
+lease.release()
+print("released", flush=True)
+sys.stdin.readline()
+'''
+
+
+def test_uid_lease_is_exclusive_across_processes(monkeypatch):
+    """A uid leased by another live process is never handed out, even from the same pool position."""
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not sandbox._get_probe()["drop_uid"]:
+        pytest.skip("throw-away uids need root")
+    start = 1234
+    holder = subprocess.Popen([sys.executable, "-c", _LEASE_HOLDER, str(start)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        held = int(holder.stdout.readline())
+        monkeypatch.setattr(sandbox, "_uid_cursor", held - sandbox._UID_BASE)
+        mine = sandbox._acquire_uid()
+        try:
+            assert mine is not None and mine.uid != held
+            # a run started now is not under the other process's uid either
+            r = run_python("import os\nprint(os.getuid())", "", Limits(timeout_s=5))
+            assert r.returncode == 0 and int(r.stdout) not in (held, mine.uid), r
+        finally:
+            mine.release()
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "released"
+        monkeypatch.setattr(sandbox, "_uid_cursor", held - sandbox._UID_BASE)
+        again = sandbox._acquire_uid()  # free again once the other process let go
+        assert again is not None and again.uid == held
+        again.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_run_directory_reachable_despite_private_tmpdir(mode, tmp_path, monkeypatch):
+    """TMPDIR pointing into a directory the throw-away uid cannot traverse must not break runs."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    monkeypatch.setenv("TMPDIR", str(private))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setattr(sandbox, "_run_parent_cache", [], raising=False)
+    r = run_python("import os\nopen('f', 'w').write('x')\nprint(sorted(os.listdir('.')))", "", lim(mode))
+    assert (r.returncode, r.stdout) == (0, "['f', 'prog.py']\n"), r.stderr

@@ -178,49 +178,79 @@ class BlockRunner:
             )
         return not getattr(blk.attn, "reorder_and_upcast_attn", False)
 
-    def last_block_at(self, resid: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def last_block_at(
+        self,
+        resid: torch.Tensor,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        fill: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Output of the last block at (rows, positions) only: [N, D].
 
         Keys and values come from every position; queries, attention output, output
         projection and MLP only at the requested positions. Equal (to round-off) to
-        `self.block(last, resid)[rows, positions]`, but much cheaper when few positions are read.
+        `self.block(last, resid)[rows, positions]`, but much cheaper when few positions are
+        read. Forward hooks on the output projection are NOT run; a head intervention on the
+        last layer is passed instead as `keep` ([R, H], one mask per residual row) and
+        `fill` ([H, head_dim] or None), with the semantics of `heads.head_intervention`.
         """
         layer = self.n_layers - 1
         blk = self.lay.blocks[layer]
         attn = blk.self_attn if self.llama else blk.attn
         n_heads, head_dim = self.lay.n_heads, self.lay.head_dim
+        R, T = resid.shape[:2]
+        # Queries per row, padded to the longest: slot s of row r is position grid[r, s].
+        counts = torch.bincount(rows, minlength=R)
+        order = torch.argsort(rows, stable=True)
+        slot = torch.empty_like(rows)
+        slot[order] = torch.arange(len(rows)) - (torch.cumsum(counts, 0) - counts)[rows[order]]
+        grid = torch.zeros(R, int(counts.max()), dtype=torch.long)
+        grid[rows, slot] = positions
+        ridx = torch.arange(R)[:, None]
         if self.llama:
             h = blk.input_layernorm(resid)
-            q = attn.q_proj(h[rows, positions]).view(-1, n_heads, head_dim)  # [N, H, d]
-            k = attn.k_proj(h).view(*h.shape[:2], -1, head_dim)  # [R, T, Hkv, d]
-            v = attn.v_proj(h).view(*h.shape[:2], -1, head_dim)
-            cos, sin = self.rope(resid)
-            cos_q, sin_q = cos[0, positions].unsqueeze(1), sin[0, positions].unsqueeze(1)  # [N, 1, d]
-            q = q * cos_q + _rotate_half(q) * sin_q
+            q = attn.q_proj(h[ridx, grid]).view(R, -1, n_heads, head_dim)  # [R, S, H, d]
+            k = attn.k_proj(h).view(R, T, -1, head_dim)  # [R, T, Hkv, d]
+            v = attn.v_proj(h).view(R, T, -1, head_dim)
+            cos, sin = self.rope(resid)  # [1, T, d]
+            cq, sq = cos[0][grid].unsqueeze(2), sin[0][grid].unsqueeze(2)
+            q = q * cq + _rotate_half(q) * sq
             k = k * cos[0][None, :, None] + _rotate_half(k) * sin[0][None, :, None]
-            scaling = attn.scaling
         else:
             h = blk.ln_1(resid)
-            qkv = attn.c_attn(h)
-            q = qkv[rows, positions, : attn.split_size].view(-1, n_heads, head_dim)
-            k = qkv[..., attn.split_size : 2 * attn.split_size].view(*h.shape[:2], n_heads, head_dim)
-            v = qkv[..., 2 * attn.split_size :].view(*h.shape[:2], n_heads, head_dim)
-            scaling = attn.scaling
+            split = attn.split_size
+            w, b = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: [in, 3 * hidden]
+            q = F.linear(h[ridx, grid], w[:, :split].t(), b[:split]).view(R, -1, n_heads, head_dim)
+            kv = F.linear(h, w[:, split:].t(), b[split:])
+            k = kv[..., :split].view(R, T, n_heads, head_dim)
+            v = kv[..., split:].view(R, T, n_heads, head_dim)
         n_kv = k.shape[2]
         group = n_heads // n_kv
-        k = k[rows]  # [N, T, Hkv, d]
-        v = v[rows]
-        qg = q.view(-1, n_kv, group, head_dim)  # [N, Hkv, G, d]
-        scores = torch.einsum("nkgd,ntkd->nkgt", qg, k) * scaling
-        # Causal + padding mask of the queried positions, additive as transformers' eager mask.
-        keys = torch.arange(resid.shape[1])
-        allowed = (keys[None, :] <= positions[:, None]) & self.attention_mask[rows % self.B].bool()
+        S = grid.shape[1]
+        # [R, S, Hkv, G, d] -> [R, Hkv, G * S, d]: each KV head serves its G query heads at once.
+        qg = q.view(R, S, n_kv, group, head_dim).permute(0, 2, 3, 1, 4).reshape(R, n_kv, group * S, head_dim)
+        k = k.transpose(1, 2)  # [R, Hkv, T, d]
+        v = v.transpose(1, 2)
+        scores = torch.matmul(qg, k.transpose(2, 3)) * attn.scaling  # [R, Hkv, G * S, T]
+        # Causal + padding mask, additive like transformers' eager mask.
+        keys = torch.arange(T)
+        allowed = (keys[None, None, :] <= grid[:, :, None]) & self.attention_mask.bool().repeat(R // self.B, 1)[:, None, :]
         bias = torch.zeros(allowed.shape, dtype=scores.dtype).masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        scores = scores + bias[:, None, None, :]
+        scores = scores + bias.repeat(1, group, 1).unsqueeze(1)  # [R, 1, G * S, T]
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        z = torch.einsum("nkgt,ntkd->nkgd", weights, v).reshape(-1, n_heads * head_dim)
+        z = torch.matmul(weights, v)  # [R, Hkv, G * S, d]
+        z = z.view(R, n_kv, group, S, head_dim).permute(0, 3, 1, 2, 4).reshape(R, S, n_heads, head_dim)
+        if keep is not None:
+            kk = keep.to(z.dtype)[:, None, :, None]
+            z = z * kk + ((1 - kk) * fill.to(z.dtype) if fill is not None else 0)
+        z = z.reshape(R, S, n_heads * head_dim)[rows, slot]  # [N, H * d]
         proj = attn.o_proj if self.llama else attn.c_proj
-        mid = resid[rows, positions] + proj(z)
+        if proj.__class__.__name__ == "Conv1D":
+            out = torch.addmm(proj.bias, z, proj.weight)
+        else:
+            out = F.linear(z, proj.weight, proj.bias)
+        mid = resid[rows, positions] + out
         return self.mlp_half(layer, mid)
 
     # -- readout ---------------------------------------------------------------------------
@@ -475,23 +505,31 @@ def knockout(
     sums = torch.zeros(n_steps, dtype=torch.float64)
     n_targets = 0
     per_pass = max(1, steps_per_pass)
+    last = n_layers - 1
     for batch in batches(list(targets), batch_size, _pad_id(model)):
         batch = _trim(batch)
         runner = BlockRunner(model, batch.attention_mask)
+        restrict = runner.can_restrict_last_block()
         B = batch.input_ids.shape[0]
         n_targets += B
         emb = runner.embed(batch.input_ids)
         for k0 in range(0, n_steps, per_pass):
             ks = list(range(k0, min(k0 + per_pass, n_steps)))
             added = ranking[k0 : ks[-1]]
-            split = min((l for l, _ in added), default=n_layers)
+            split = min(min((l for l, _ in added), default=n_layers), last if restrict else n_layers)
             with head_intervention(model, masks[k0], fill, layers=range(split)):
                 resid = runner.run(emb, 0, split)
-            keep = torch.stack([masks[k] for k in ks]).repeat_interleave(B, dim=0)
+            keep = torch.stack([masks[k] for k in ks]).repeat_interleave(B, dim=0)  # row j*B+b: mask ks[j]
             x = resid.repeat(len(ks), 1, 1)
-            with head_intervention(model, keep, fill, layers=range(split, n_layers)):
-                x = runner.run(x, split)
-            sums[ks] += runner.losses(x, batch).double().sum(1)
+            rows, positions = _rep_index(batch, B, len(ks))
+            if restrict:
+                with head_intervention(model, keep, fill, layers=range(split, last)):
+                    x = runner.run(x, split, last)
+                out = runner.last_block_at(x, rows, positions, keep[:, last], None if fill is None else fill[last])
+            else:
+                with head_intervention(model, keep, fill, layers=range(split, n_layers)):
+                    out = runner.run(x, split)[rows, positions]
+            sums[ks] += runner.losses_at(out, batch, len(ks)).double().sum(1)
     loss = (sums / max(n_targets, 1)).tolist()
     return pl.DataFrame(
         {

@@ -99,10 +99,122 @@ def _section_lens(files: dict, charts: Charts) -> str:
     return "".join(parts)
 
 
+def _heatmap(matrix: pl.DataFrame, title: str) -> alt.Chart:
+    extent = max(abs(matrix["delta"].min()), abs(matrix["delta"].max()), 1e-9)
+    return (
+        alt.Chart(matrix.select("layer", "head", "delta"))
+        .mark_rect()
+        .encode(
+            x=alt.X("head:O"), y=alt.Y("layer:O", sort="descending"),
+            color=alt.Color("delta:Q", scale=alt.Scale(scheme="redblue", domain=[-extent, extent], reverse=True),
+                            title="Δ loss"),
+            tooltip=["layer", "head", alt.Tooltip("delta:Q", format=".4f")],
+        )
+        .properties(title=title, width=max(120, 22 * (matrix["head"].max() + 1)), height=max(120, 9 * (matrix["layer"].max() + 1)))
+    )
+
+
+def _section_heads(files: dict, charts: Charts) -> str:
+    parts = ["<h2>Attention heads: exact single-head ablation</h2><p>Change in mean code-token cross-entropy "
+             "when one head is removed (red: the loss rises, the head helps).</p>"]
+    tops = []
+    for (m, d), path in sorted(files.items()):
+        df = pl.read_parquet(path)
+        for kind in sorted(df["ablation"].unique()) if len(df) else []:
+            one = df.filter(pl.col("ablation") == kind)
+            parts.append(charts.add(_heatmap(one, f"{m} / {d}: {kind} ablation")))
+            tops.append(one.sort("delta", descending=True).head(5).select("model", "dataset", "ablation", "layer", "head", "delta"))
+    if tops:
+        parts.append("<h3>Top heads</h3>" + _table(pl.concat(tops), 4))
+    return "".join(parts)
+
+
+def _line(df: pl.DataFrame, x: str, y: str, color: str | None, title: str, x_title: str, y_title: str) -> alt.Chart:
+    enc = dict(x=alt.X(f"{x}:Q", title=x_title), y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=False)),
+               tooltip=[x, alt.Tooltip(f"{y}:Q", format=".4f")])
+    if color:
+        enc["color"] = f"{color}:N"
+    return alt.Chart(df).mark_line(point=len(df) < 60).encode(**enc).properties(title=title, width=420, height=220)
+
+
+def _section_knockout(files: dict, charts: Charts) -> str:
+    parts = ["<h2>Knockout curves</h2><p>Loss as heads are removed cumulatively in order of ablation importance.</p>"]
+    for (m, d), path in sorted(files.items()):
+        df = pl.read_parquet(path)
+        if len(df):
+            parts.append(charts.add(_line(df.select("order", "k", "loss"), "k", "loss", "order", f"{m} / {d}", "heads removed", "loss")))
+    return "".join(parts)
+
+
+def _section_taylor(files: dict, charts: Charts) -> str:
+    parts = ["<h2>Taylor pruning</h2><p>Loss after each iteration of first-order Taylor pruning.</p>"]
+    for (m, d), path in sorted(files.items()):
+        df = pl.read_parquet(path)
+        if len(df):
+            parts.append(charts.add(_line(df.select("n_pruned_total", "loss"), "n_pruned_total", "loss", None,
+                                          f"{m} / {d}", "heads pruned", "loss")))
+    return "".join(parts)
+
+
+def _section_taylor_vs_exact(files: dict, charts: Charts) -> str:
+    frames = [pl.read_parquet(p) for _, p in sorted(files.items())]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return ""
+    return ("<h2>Taylor scores versus exact ablation</h2><p>How far the cheap estimate can be trusted: rank "
+            "correlations and top-k overlap.</p>" + _table(pl.concat(frames, how="diagonal"), 3))
+
+
+def _section_taylor_scatter(files: dict, charts: Charts) -> str:
+    parts = []
+    for (m, d), path in sorted(files.items()):
+        df = pl.read_parquet(path).drop_nulls().filter(pl.col("taylor").is_not_nan())
+        if len(df):
+            chart = (alt.Chart(df.select("layer", "head", "taylor", "exact")).mark_circle()
+                     .encode(x=alt.X("exact:Q", title="exact Δ loss"), y=alt.Y("taylor:Q", title="Taylor score"),
+                             tooltip=["layer", "head", "exact", "taylor"])
+                     .properties(title=f"{m} / {d}", width=300, height=220))
+            parts.append(charts.add(chart))
+    return "".join(parts)
+
+
+def _section_pruned_eval(files: dict, charts: Charts) -> str:
+    parts = ["<h2>Pruned models</h2><p>pass@k after regenerating with heads removed, per regime.</p>"]
+    tables = []
+    for (m, d), path in sorted(files.items()):
+        df = pl.read_parquet(path)
+        tables.append(df)
+        if "pass@1" in df.columns and len(df):
+            chart = (alt.Chart(df.select("regime", "n_removed", "pass@1")).mark_point(filled=True, size=80)
+                     .encode(x=alt.X("n_removed:Q", title="heads removed"), y=alt.Y("pass@1:Q", scale=alt.Scale(domain=[0, 1])),
+                             color="regime:N", tooltip=["regime", "n_removed", "pass@1"])
+                     .properties(title=f"{m} / {d}", width=360, height=220))
+            parts.append(charts.add(chart))
+    if tables:
+        parts.append(_table(pl.concat(tables, how="diagonal").drop("heads"), 3))
+    return "".join(parts)
+
+
+def _section_subsets(files: dict, charts: Charts) -> str:
+    frames = [pl.read_parquet(p) for _, p in sorted(files.items())]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return ""
+    return ("<h2>Head subsets (CMA-ES)</h2><p>Loss with k heads removed: the CMA-ES set against ranked sets.</p>"
+            + _table(pl.concat(frames, how="diagonal"), 4))
+
+
 SECTIONS = {
     "pass_at_k": _section_pass_at_k,
     "verdicts": _section_verdicts,
     "lens_layers": _section_lens,
+    "head_matrix": _section_heads,
+    "knockout": _section_knockout,
+    "taylor_history": _section_taylor,
+    "taylor_vs_exact": _section_taylor_vs_exact,
+    "taylor_vs_exact_heads": _section_taylor_scatter,
+    "pruned_eval": _section_pruned_eval,
+    "subset_compare": _section_subsets,
 }
 
 STYLE = """

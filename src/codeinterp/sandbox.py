@@ -1,7 +1,8 @@
 """Run untrusted (model-generated) Python programs in a sandbox.
 
 Every program runs in a fresh temporary directory (its cwd and HOME, removed
-afterwards), in its own session / process group, with a minimal environment
+afterwards; as root inside a root-owned mode-0711 parent that the program's uid
+can traverse but not modify), in its own session / process group, with a minimal environment
 (no token or key of the caller leaks), stdin fed from a file (reading past its
 end gives EOF), stdout/stderr read incrementally with a size cap, a wall-clock
 timeout and rlimits (CPU time, address space, file size, no core dumps, open
@@ -18,9 +19,11 @@ Layers (outermost first):
 * **rlimits** (``isolation="rlimits"``), the floor when bwrap is missing or
   broken: the same rlimits and process-group kill, no file-system isolation.
   As root, the launcher still tries ``unshare(CLONE_NEWNET)`` (best effort).
-* **A throw-away uid** (both modes) when we run as root: each run gets its own
-  unprivileged uid (``_UID_BASE + pid * 256 + slot``, unique among the
-  concurrent runs of this host), so that RLIMIT_NPROC *is* enforced (it is not
+* **A throw-away uid** (both modes) when we run as root: each run leases its
+  own unprivileged uid from a machine-wide pool (an ``flock`` on a per-uid lock
+  file in a root-only directory, held until the run is cleaned up, so no two
+  live runs of any processes on this host ever share a uid -- see
+  ``_acquire_uid``), so that RLIMIT_NPROC *is* enforced (it is not
   for root) -- a fork bomb stops at ``_NPROC`` processes and cannot starve the
   programs next to it, which run under other uids -- the program cannot write
   root-owned files nor signal our processes, and the clean-up can find every
@@ -41,12 +44,14 @@ pyenv under ``/root`` is not readable by other uids).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -65,8 +70,11 @@ SANDBOX_DIR = "/tmp/sandbox"  # where the run directory appears inside bwrap
 _FSIZE_BYTES = 64 * 1024 * 1024  # largest file a program may write
 _NOFILE = 256
 _NPROC = 128  # processes per run (enforced only under a throw-away uid)
-_UID_BASE = 2_000_000_000
-_SLOTS = 256
+_UID_BASE = 2_100_000_000  # throw-away uids: _UID_BASE .. _UID_BASE + _UID_POOL - 1
+_UID_POOL = 4096  # leased machine-wide (see _acquire_uid), so all processes share it
+# Where the uid lock files live: fixed, root-only, independent of TMPDIR, so that
+# every process of this host agrees on them.
+_LOCK_DIRS = ("/run/codeinterp-uids", "/tmp/.codeinterp-uids-0")
 _TOKEN_VAR = "CODEINTERP_SANDBOX_RUN"
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -146,48 +154,188 @@ def _rlimits(limits: Limits, uid: int | None) -> list:
 
 # --------------------------------------------------------------------------
 # throw-away uids (only when we are root)
-
-_slot_lock = threading.Lock()
-_slots_in_use: set[int] = set()
-_slot_cursor = 0
-
-
-def _uids_present() -> set[int]:
-    """uids of all processes, zombies included (they still count for RLIMIT_NPROC)."""
-    uids = set()
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                uids.add(os.stat(f"/proc/{p}").st_uid)
-            except OSError:
-                pass
-    return uids
+#
+# A uid is leased machine-wide: lock file ``<_LOCK_DIR>/<uid>`` (in a root-only
+# directory) is held with ``flock(LOCK_EX)`` for the whole run -- start, clean-up
+# by uid, removal of the run directory -- and released by closing it (the kernel
+# also releases it when the holding process dies, so a crash leaks nothing).
+# flock conflicts between any two open file descriptions, so two threads of one
+# process, two processes, or processes in different PID namespaces that share
+# the lock directory never hold the same uid at the same time; the clean-up of
+# one run ("SIGKILL every process of uid U") therefore can never hit another
+# run.  (The former scheme, ``base + pid * 256 + slot``, was unique only among
+# processes of one PID namespace whose pids differ, and leaked across pid reuse.)
 
 
-def _acquire_uid() -> tuple[int, int] | None:
-    """A uid no other concurrent run on this host uses, or None when none is free.
+class _UidLease:
+    __slots__ = ("uid", "fd")
 
-    Slots rotate (least recently used first) and a slot whose uid still owns
-    processes is skipped: the processes of a killed fork bomb are re-parented to
-    PID 1 and stay zombies -- counted against RLIMIT_NPROC of that uid -- until
-    PID 1 reaps them, which can take seconds in some containers.
+    def __init__(self, uid: int, fd: int):
+        self.uid, self.fd = uid, fd
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)  # drops the flock
+
+
+_uid_lock = threading.Lock()
+_uid_cursor = (os.getpid() * 2654435761) % _UID_POOL  # spread processes over the pool
+_lock_dir_cache: list = []  # [path or None] once decided
+
+
+def _private_dir(path: str, mode: int) -> bool:
+    """Create ``path`` (if missing) as a real directory owned by us with exactly ``mode``.
+
+    False if it is a symlink, not ours, or cannot be made so -- never trust a
+    directory somebody else (e.g. a sandboxed program) may have planted.
     """
-    global _slot_cursor
-    base = _UID_BASE + (os.getpid() % (1 << 22)) * _SLOTS
-    with _slot_lock:
-        busy = _uids_present()
-        for i in range(_SLOTS):
-            slot = (_slot_cursor + i) % _SLOTS
-            if slot not in _slots_in_use and base + slot not in busy:
-                _slots_in_use.add(slot)
-                _slot_cursor = slot + 1
-                return base + slot, slot
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)  # ours and not a symlink: safe (undoes the umask)
+        return stat.S_IMODE(os.lstat(path).st_mode) == mode
+    except OSError:
+        return False
+
+
+def _lock_dir() -> str | None:
+    """The machine-wide directory of uid lock files (fixed paths, independent of TMPDIR)."""
+    with _uid_lock:
+        if not _lock_dir_cache:
+            found = None
+            for d in _LOCK_DIRS:
+                if _private_dir(d, 0o700):
+                    found = d
+                    break
+            _lock_dir_cache.append(found)
+        return _lock_dir_cache[0]
+
+
+def _proc_real_uid(pid: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
     return None
 
 
-def _release_uid(slot: int) -> None:
-    with _slot_lock:
-        _slots_in_use.discard(slot)
+def _uids_present() -> set[int]:
+    """Real uids of all processes, zombies included (they still count for RLIMIT_NPROC)."""
+    uids = set()
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            uid = _proc_real_uid(p)
+            if uid is not None:
+                uids.add(uid)
+    return uids
+
+
+def _acquire_uid() -> _UidLease | None:
+    """Lease a uid no other live run on this machine holds, or None when none is free.
+
+    Also skipped: a uid that still owns processes -- e.g. the zombies of a killed
+    fork bomb, re-parented to PID 1 and counted against RLIMIT_NPROC of that uid
+    until PID 1 reaps them, or leftovers of a process that died mid-run.  The
+    check is repeated after the lock is taken, so it is not racy.
+    """
+    global _uid_cursor
+    lock_dir = _lock_dir()
+    if lock_dir is None:
+        return None
+    with _uid_lock:
+        busy = _uids_present()
+        for i in range(_UID_POOL):
+            k = (_uid_cursor + i) % _UID_POOL
+            uid = _UID_BASE + k
+            if uid in busy:
+                continue
+            try:
+                fd = os.open(os.path.join(lock_dir, str(uid)),
+                             os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held by another live run (any process, any thread)
+                os.close(fd)
+                continue
+            if uid in _uids_present():  # appeared between the scan and the lock
+                os.close(fd)
+                continue
+            _uid_cursor = k + 1
+            return _UidLease(uid, fd)
+    return None
+
+
+# --------------------------------------------------------------------------
+# run directories
+
+_run_parent_cache: list = []
+
+
+def _traversable_by_others(path: str) -> bool:
+    """Every component of ``path`` is searchable by an unrelated uid (o+x)."""
+    path = os.path.realpath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(path)
+        if parent == path:
+            return True
+        path = parent
+
+
+def _run_parent(drop_uid: bool) -> str:
+    """Where run directories are created.
+
+    Without a uid switch: the temporary directory (same uid, always reachable).
+    With one: a directory ``codeinterp-runs-<euid>`` of our own (mode 0711: the
+    throw-away uid can reach its run directory but cannot list, create, delete
+    or replace entries -- not even its own run directory) in the first system
+    temporary directory the throw-away uid can traverse.  Not the caller's
+    ``TMPDIR`` first: it may point into /root or a private pytest directory
+    (mode 0700: "Permission denied" for the throw-away uid) or into a directory
+    somebody else deletes meanwhile (pytest rotating its base directories, a
+    finished job's scratch: "No such file or directory").
+    """
+    if not drop_uid:
+        return tempfile.gettempdir()
+    with _uid_lock:
+        if not _run_parent_cache:
+            chosen = None
+            for base in ("/tmp", "/var/tmp", "/dev/shm", tempfile.gettempdir()):
+                if not (os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK) and _traversable_by_others(base)):
+                    continue
+                mine = os.path.join(base, f"codeinterp-runs-{os.geteuid()}")
+                chosen = mine if _private_dir(mine, 0o711) else base
+                break
+            _run_parent_cache.append(chosen or tempfile.gettempdir())
+        return _run_parent_cache[0]
+
+
+def _make_rundir(prefix: str, drop_uid: bool) -> str:
+    """A fresh directory only this run uses (``mkdtemp``: new, unique name, mode 0700)."""
+    try:
+        return tempfile.mkdtemp(prefix=prefix, dir=_run_parent(drop_uid))
+    except FileNotFoundError:  # our parent was removed from outside: make it again
+        with _uid_lock:
+            _run_parent_cache.clear()
+        return tempfile.mkdtemp(prefix=prefix, dir=_run_parent(drop_uid))
 
 
 # --------------------------------------------------------------------------
@@ -229,31 +377,32 @@ def _get_probe() -> dict:
         drop_uid = False
         python = candidates[0] if candidates else sys.executable
         if os.geteuid() == 0:
-            got = _acquire_uid()
-            if got is not None:
-                uid, slot = got
+            lease = _acquire_uid()
+            if lease is not None:
                 try:
                     for c in candidates:
-                        if _try(_launcher_argv([c, "-s", "-B", "-c", "pass"], uid, [], False), cwd="/"):
+                        if _try(_launcher_argv([c, "-s", "-B", "-c", "pass"], lease.uid, [], False), cwd="/"):
                             drop_uid, python = True, c
                             break
                 finally:
-                    _release_uid(slot)
+                    lease.release()
         bwrap_ok = False
         if os.path.exists(BWRAP):
-            uid_slot = _acquire_uid() if drop_uid else None
-            rundir = tempfile.mkdtemp(prefix="codeinterp-probe-")
+            lease = _acquire_uid() if drop_uid else None
             try:
-                uid = uid_slot[0] if uid_slot else None
-                if uid is not None:
-                    os.chown(rundir, uid, uid)
-                bwrap_ok = _try(_launcher_argv(_bwrap_prefix(rundir) + ["true"], uid, [], False))
-                bwrap_ok = bwrap_ok and _try(_launcher_argv(
-                    _bwrap_prefix(rundir) + [python, "-s", "-B", "-c", "pass"], uid, [], False))
+                rundir = _make_rundir("codeinterp-probe-", drop_uid)
+                try:
+                    uid = lease.uid if lease else None
+                    if uid is not None:
+                        os.chown(rundir, uid, uid)
+                    bwrap_ok = _try(_launcher_argv(_bwrap_prefix(rundir) + ["true"], uid, [], False))
+                    bwrap_ok = bwrap_ok and _try(_launcher_argv(
+                        _bwrap_prefix(rundir) + [python, "-s", "-B", "-c", "pass"], uid, [], False))
+                finally:
+                    _rmtree(rundir)
             finally:
-                if uid_slot:
-                    _release_uid(uid_slot[1])
-                shutil.rmtree(rundir, ignore_errors=True)
+                if lease:
+                    lease.release()
         _probe = {"drop_uid": drop_uid, "python": python,
                   "isolation": "bwrap" if bwrap_ok else "rlimits"}
         return _probe
@@ -402,17 +551,20 @@ def run_python(source: str, stdin: str = "", limits: Limits = Limits()) -> RunRe
     isolation = _resolve_isolation(limits.isolation)
     probe = _get_probe()
     start = time.monotonic()
-    got = None
+    lease = None
     if probe["drop_uid"]:
         wait_end = time.monotonic() + 5.0
-        while (got := _acquire_uid()) is None and time.monotonic() < wait_end:
-            time.sleep(0.1)  # all slots busy or still holding zombies: wait a little
+        while (lease := _acquire_uid()) is None and time.monotonic() < wait_end:
+            time.sleep(0.1)  # all uids leased or still holding zombies: wait a little
         # None after that: run under our own uid (weaker: pgid/sid/marker scan only)
-    uid = got[0] if got else None
+    uid = lease.uid if lease else None
     token = uuid.uuid4().hex
-    rundir = tempfile.mkdtemp(prefix="codeinterp-run-")
-    stdin_file = tempfile.TemporaryFile()
+    rundir = stdin_file = None
     try:
+        # Everything below -- including the clean-up in ``finally`` -- happens
+        # while we hold the uid lease; it is released last.
+        rundir = _make_rundir("codeinterp-run-", probe["drop_uid"])
+        stdin_file = tempfile.TemporaryFile()
         prog = os.path.join(rundir, "prog.py")
         with open(prog, "w", encoding="utf-8") as f:
             f.write(source)
@@ -435,10 +587,12 @@ def run_python(source: str, stdin: str = "", limits: Limits = Limits()) -> RunRe
                               unshare_net=(isolation == "rlimits" and os.geteuid() == 0))
         return _execute(argv, rundir, env, stdin_file, limits, isolation, uid, token.encode(), start)
     finally:
-        stdin_file.close()
-        _rmtree(rundir)
-        if got is not None:
-            _release_uid(got[1])
+        if stdin_file is not None:
+            stdin_file.close()
+        if rundir is not None:
+            _rmtree(rundir)  # only the directory this run created
+        if lease is not None:
+            lease.release()
 
 
 def _execute(argv, rundir, env, stdin_file, limits, isolation, uid, token, start) -> RunResult:

@@ -57,3 +57,26 @@ def write_json(obj, path: str | os.PathLike) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def with_ids(df: pl.DataFrame, snakemake) -> pl.DataFrame:
+    """Prefix the model and dataset names, so tables from many runs concatenate safely."""
+    return df.select(
+        pl.lit(snakemake.wildcards.model, dtype=pl.Utf8).alias("model"),
+        pl.lit(snakemake.wildcards.dataset, dtype=pl.Utf8).alias("dataset"),
+        pl.all(),
+    )
+
+
+def delta_array(matrix: pl.DataFrame, kind: str):
+    """The [layer, head] mean-delta array of one ablation kind, or None when there is none."""
+    import numpy as np
+
+    m = matrix.filter(pl.col("ablation") == kind)
+    if m.is_empty():
+        if matrix.is_empty():
+            return None
+        raise ConfigError(f"ablation.rank_by {kind!r} is not among the computed ablation kinds")
+    out = np.full((m["layer"].max() + 1, m["head"].max() + 1), np.nan)
+    out[m["layer"].to_numpy(), m["head"].to_numpy()] = m["delta"].to_numpy()
+    return out

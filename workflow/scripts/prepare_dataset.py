@@ -1,5 +1,3 @@
-import polars as pl
-
 from codeinterp.datasets import load_problems, select_problems, write_problems
 from codeinterp.workflow import run_script
 
@@ -7,7 +5,6 @@ from codeinterp.workflow import run_script
 def main(smk):
     spec = smk.params.spec
     problems = load_problems(spec["benchmark"], smk.params.data_dir)
-    problems = problems.with_columns(dataset=pl.lit(smk.wildcards.dataset))
     chosen = select_problems(
         problems, limit=spec.get("limit"), ids=spec.get("ids"), sample=spec.get("sample"),
         seed=spec["seed"], split=spec.get("split"),

@@ -1,0 +1,46 @@
+rule head_ablation:
+    input:
+        model=lambda wc: model_dir(wc.model),
+        targets="results/{model}/{dataset}/targets.parquet",
+    output:
+        deltas="results/{model}/{dataset}/ablation/head_deltas.parquet",
+        matrix=report(
+            "results/{model}/{dataset}/ablation/head_matrix.parquet",
+            caption="../reports/captions/ablation.rst",
+            category="Head importance",
+        ),
+    params:
+        kinds=config["ablation"]["kinds"],
+        batch_size=config["ablation"]["batch_size"],
+        heads_per_pass=config["ablation"]["heads_per_pass"],
+    log:
+        "logs/head_ablation/{model}/{dataset}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    script:
+        "../workflow/scripts/head_ablation.py"
+
+
+rule knockout:
+    input:
+        model=lambda wc: model_dir(wc.model),
+        targets="results/{model}/{dataset}/targets.parquet",
+        matrix="results/{model}/{dataset}/ablation/head_matrix.parquet",
+    output:
+        report(
+            "results/{model}/{dataset}/ablation/knockout.parquet",
+            caption="../reports/captions/knockout.rst",
+            category="Head importance",
+        ),
+    params:
+        rank_by=config["ablation"]["rank_by"],
+        batch_size=config["ablation"]["batch_size"],
+        steps_per_pass=config["ablation"]["knockout_steps_per_pass"],
+    log:
+        "logs/knockout/{model}/{dataset}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    script:
+        "../workflow/scripts/knockout.py"

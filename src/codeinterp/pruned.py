@@ -1,0 +1,98 @@
+"""The `pruned_eval` stage: generate and evaluate again with heads removed, per pruning regime.
+
+It reuses the `generate` and `evaluate` machinery: the transformers backend masks heads with
+the same hook the analyses use; the vLLM backend gets a pruned checkpoint whose output
+projection columns of the removed heads are zeroed (same dtype as the original), which is
+the same model (tests check the hook against zeroed weights).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .evaluation import evaluate_generations
+from .generation import Settings, run_generation
+from .heads import mask_from_heads, zero_heads_in_weights
+from .models import load_model, save_canonical
+from .pruning import regime_heads
+from .sandbox import Limits
+
+log = logging.getLogger(__name__)
+
+SUMMARY_SCHEMA = {
+    "regime": pl.Utf8,
+    "n_removed": pl.Int64,
+    "heads": pl.List(pl.Utf8),
+    "n_samples": pl.Int64,
+    "n_passed": pl.Int64,
+}
+
+
+def regime_label(regime: dict) -> str:
+    params = ",".join(f"{k}={regime[k]}" for k in sorted(regime) if k != "kind")
+    return f"{regime['kind']}({params})"
+
+
+def write_pruned_checkpoint(model_dir: str | Path, heads: list[tuple[int, int]], out_dir: str | Path) -> None:
+    """A copy of the canonical model with the removed heads' output columns zeroed."""
+    model, tokenizer = load_model(model_dir)
+    zero_heads_in_weights(model, heads)
+    save_canonical(model, tokenizer, out_dir, source=f"pruned:{Path(model_dir).name}")
+
+
+def _generate(problems, model_dir, settings, backend, vllm_python, heads):
+    if backend == "vllm":
+        with tempfile.TemporaryDirectory() as tmp:
+            pruned_dir = Path(tmp) / "model"
+            write_pruned_checkpoint(model_dir, heads, pruned_dir)
+            return run_generation(problems, pruned_dir, settings, "vllm", vllm_python)
+    model, _ = load_model(model_dir)
+    keep = mask_from_heads(model, heads)
+    return run_generation(problems, model_dir, settings, "transformers", keep=keep)
+
+
+def pruned_eval(problems: pl.DataFrame, model_dir: str | Path, settings: Settings, backend: str, vllm_python: str | None,
+                limits: Limits, workers: int, ks: list[int], regimes: list[dict], delta: np.ndarray,
+                history: list[dict] | None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Verdicts of every regime (long table) and pass@k per regime."""
+    if backend == "replay":
+        raise ValueError("pruned_eval needs a model backend (transformers or vllm), not replay")
+    verdict_frames, summaries = [], []
+    for regime in regimes:
+        heads = regime_heads(delta, regime, history)
+        label = regime_label(regime)
+        log.info("regime %s: removing %d heads", label, len(heads))
+        gens = _generate(problems, model_dir, settings, backend, vllm_python, heads)
+        verdicts, per_problem = evaluate_generations(problems, gens, limits, workers, ks)
+        verdict_frames.append(verdicts.with_columns(regime=pl.lit(label)))
+        row = {
+            "regime": label,
+            "n_removed": len(heads),
+            "heads": [f"L{l}H{h}" for l, h in heads],
+            "n_samples": len(verdicts),
+            "n_passed": int((verdicts["status"] == "passed").sum()),
+        }
+        summary = pl.DataFrame([row], schema=SUMMARY_SCHEMA)
+        means = per_problem.select([pl.col(c).mean() for c in per_problem.columns if c.startswith("pass@")])
+        summaries.append(summary.hstack(means) if len(per_problem) else summary)
+    return pl.concat(verdict_frames, how="diagonal"), pl.concat(summaries, how="diagonal")
+
+
+def baseline_row(pass_at_k: pl.DataFrame, verdicts: pl.DataFrame) -> pl.DataFrame:
+    """The unpruned model's row, from the main evaluation (nothing recomputed)."""
+    row = pl.DataFrame(
+        [{"regime": "none", "n_removed": 0, "heads": [], "n_samples": len(verdicts),
+          "n_passed": int((verdicts["status"] == "passed").sum())}],
+        schema=SUMMARY_SCHEMA,
+    )
+    means = pass_at_k.select([pl.col(c).mean() for c in pass_at_k.columns if c.startswith("pass@")])
+    return row.hstack(means) if len(pass_at_k) else row
+
+
+__all__ = ["pruned_eval", "baseline_row", "regime_label", "write_pruned_checkpoint", "shutil"]

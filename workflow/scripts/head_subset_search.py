@@ -1,0 +1,38 @@
+import json
+
+import polars as pl
+
+from codeinterp.ablation import ranking_from_deltas
+from codeinterp.models import load_model
+from codeinterp.pruning import regime_heads
+from codeinterp.scoring import targets_from_frame
+from codeinterp.subset_search import cma_head_subset, compare_subsets
+from codeinterp.workflow import delta_array, run_script, with_ids, write_json, write_parquet
+
+
+def main(smk):
+    p = smk.params.search
+    model, tokenizer = load_model(smk.input.model)
+    targets = targets_from_frame(pl.read_parquet(smk.input.targets))
+    delta = delta_array(pl.read_parquet(smk.input.matrix), smk.params.rank_by)
+    history = json.loads(open(smk.input.history).read())["history"]
+    k = p["k"]
+    result, compare = {"heads": [], "loss": None, "history": []}, pl.DataFrame()
+    if targets and delta is not None:
+        result = cma_head_subset(model, targets, k, p["batch_size"], smk.params.seed, p["max_evals"],
+                                 sigma0=p["sigma0"], popsize=p["popsize"], pad_id=tokenizer.pad_token_id or 0)
+        taylor_order = [tuple(h) for row in history[1:] for h in row["pruned"]]
+        sets = {
+            "cma_es": [tuple(h) for h in result["heads"]],
+            # The least important heads are the ones whose removal should cost least.
+            "ablation_least": ranking_from_deltas(delta, most_first=False)[:k],
+            "ablation_most": regime_heads(delta, {"kind": "top_k", "k": k}),
+        }
+        if len(taylor_order) >= k:
+            sets["taylor_first_pruned"] = taylor_order[:k]
+        compare = compare_subsets(model, targets, k, p["batch_size"], sets, pad_id=tokenizer.pad_token_id or 0)
+    write_json({"settings": dict(p), **result}, smk.output.search)
+    write_parquet(with_ids(compare, smk), smk.output.compare)
+
+
+run_script(snakemake, main)  # noqa: F821
