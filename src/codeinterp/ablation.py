@@ -27,6 +27,17 @@ Three layers of machinery:
   output projection and MLP at the scored positions only (exact: everything downstream of
   the last block's attention is position-wise).
 
+* `knockout` / `knockout_curves`: cumulative removal of heads in a ranking order, several
+  steps k on the batch axis per forward (per-row masks through `head_intervention`), the
+  layers below the first head a chunk adds run once; the last block again only at the
+  scored positions.
+
+Why not faster: ablating a head of layer L changes the residual at every position from L
+on, and every position up to the last scored one is a key/value of the scored ones, so
+blocks L+1..end-1 must run at every position for each ablation; besides dropping layer L's
+attention and most of the last block, an exact sweep cannot skip work (the FLOP count is
+printed by `benchmarks/head_ablation_speed.py`).
+
 All losses are the mean cross-entropy over a target's code tokens (as `scoring.code_losses`).
 """
 

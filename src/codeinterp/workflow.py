@@ -64,7 +64,7 @@ def with_ids(df: pl.DataFrame, snakemake) -> pl.DataFrame:
     return df.select(
         pl.lit(snakemake.wildcards.model, dtype=pl.Utf8).alias("model"),
         pl.lit(snakemake.wildcards.dataset, dtype=pl.Utf8).alias("dataset"),
-        pl.all(),
+        pl.all().exclude("model", "dataset"),
     )
 
 

@@ -16,8 +16,11 @@ def main(smk):
     if exact is not None and len(history) > 1:
         # Scores of the unpruned model: the ones the first pruning step was chosen from.
         taylor = np.array([[np.nan if v is None else v for v in row] for row in history[1]["scores"]], dtype=float)
-        stats = taylor_vs_exact(taylor, exact)
-        summary = pl.DataFrame([{"ablation": smk.params.rank_by, **{k: float(v) for k, v in stats.items()}}])
+        # Taylor scores are |dL/dmask|, a first-order estimate of |delta|: compare with both.
+        summary = pl.DataFrame([
+            {"ablation": smk.params.rank_by, "against": against, **{k: float(v) for k, v in taylor_vs_exact(taylor, ref).items()}}
+            for against, ref in (("delta", exact), ("abs_delta", np.abs(exact)))
+        ])
         L, H = exact.shape
         heads = pl.DataFrame(
             {"layer": [l for l in range(L) for _ in range(H)], "head": list(range(H)) * L,
