@@ -13,6 +13,8 @@ rule head_ablation:
         kinds=config["ablation"]["kinds"],
         batch_size=config["ablation"]["batch_size"],
         heads_per_pass=config["ablation"]["heads_per_pass"],
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/head_ablation/{model}/{dataset}.log",
     threads: config["threads"]
@@ -37,6 +39,8 @@ rule knockout:
         rank_by=config["ablation"]["rank_by"],
         batch_size=config["ablation"]["batch_size"],
         steps_per_pass=config["ablation"]["knockout_steps_per_pass"],
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/knockout/{model}/{dataset}.log",
     threads: config["threads"]

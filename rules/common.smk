@@ -98,3 +98,20 @@ def final_outputs():
         for d in DATASETS:
             outs.extend(analysis_outputs(m, d).values())
     return outs
+
+
+def targets_inputs(wc):
+    inputs = {"model": model_dir(wc.model), "problems": f"results/datasets/{wc.dataset}/problems.parquet"}
+    if uses_generations():
+        inputs["generations"] = f"results/{wc.model}/{wc.dataset}/generations.parquet"
+        inputs["verdicts"] = f"results/{wc.model}/{wc.dataset}/verdicts.parquet"
+    return inputs
+
+
+def report_inputs(wc):
+    inputs = {"models": [model_dir(m) for m in MODELS]}
+    for m in MODELS:
+        for d in DATASETS:
+            for kind, path in analysis_outputs(m, d).items():
+                inputs[f"{m}|{d}|{kind}"] = path
+    return inputs

@@ -4,6 +4,8 @@ rule prepare_dataset:
     params:
         spec=lambda wc: dataset_spec(wc.dataset),
         data_dir=str(DATA_DIR),
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/prepare_dataset/{dataset}.log",
     threads: 1

@@ -7,6 +7,8 @@ rule evaluate:
         pass_at_k="results/{model}/{dataset}/pass_at_k.parquet",
     params:
         limits=config["evaluation"],
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/evaluate/{model}/{dataset}.log",
     threads: config["threads"]

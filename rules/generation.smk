@@ -7,6 +7,8 @@ rule generate:
     params:
         settings=lambda wc: generation_settings(wc.model),
         vllm_python=vllm_python(),
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/generate/{model}/{dataset}.log",
     threads: config["threads"]

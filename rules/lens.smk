@@ -11,6 +11,8 @@ rule layer_lens:
         ),
     params:
         batch_size=config["lens"]["batch_size"],
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/layer_lens/{model}/{dataset}.log",
     threads: config["threads"]

@@ -3,6 +3,8 @@ rule prepare_model:
         directory("resources/models/{model}"),
     params:
         spec=lambda wc: model_spec(wc.model),
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/prepare_model/{model}.log",
     threads: config["threads"]

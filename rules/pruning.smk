@@ -12,6 +12,8 @@ rule taylor_pruning:
     params:
         taylor=config["taylor"],
         checkpoint="results/{model}/{dataset}/pruning/taylor_history.partial.json",
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/taylor_pruning/{model}/{dataset}.log",
     threads: config["threads"]
@@ -34,6 +36,8 @@ rule taylor_vs_exact:
         heads="results/{model}/{dataset}/pruning/taylor_vs_exact_heads.parquet",
     params:
         rank_by=config["ablation"]["rank_by"],
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/taylor_vs_exact/{model}/{dataset}.log",
     threads: 1
@@ -62,6 +66,8 @@ rule pruned_eval:
         settings=lambda wc: generation_settings(wc.model),
         vllm_python=vllm_python(),
         limits=config["evaluation"],
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/pruned_eval/{model}/{dataset}.log",
     threads: config["threads"]

@@ -1,12 +1,3 @@
-def report_inputs(wc):
-    inputs = {"models": [model_dir(m) for m in MODELS]}
-    for m in MODELS:
-        for d in DATASETS:
-            for kind, path in analysis_outputs(m, d).items():
-                inputs[f"{m}|{d}|{kind}"] = path
-    return inputs
-
-
 rule report:
     input:
         unpack(report_inputs),
@@ -18,6 +9,8 @@ rule report:
         ),
     params:
         config=config,
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/report.log",
     threads: 1

@@ -15,6 +15,8 @@ rule head_subset_search:
         search=config["subset_search"],
         rank_by=config["ablation"]["rank_by"],
         seed=config["seed"],
+    conda:
+        "../envs/codeinterp.yaml"
     log:
         "logs/head_subset_search/{model}/{dataset}.log",
     threads: config["threads"]
