@@ -48,6 +48,9 @@ def build_one_head_model(arch: str = "llama"):
     vocab = model.config.vocab_size
     e = _token_vectors(vocab, d)
     scale = 6.0  # logit gain of the copy direction
+    if model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr():
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untie (GPT-2 ties)
+        model.config.tie_word_embeddings = False
     for p in model.parameters():
         p.zero_()
     if arch == "gpt2":
@@ -63,9 +66,6 @@ def build_one_head_model(arch: str = "llama"):
         attn.c_attn.weight[:d, v_cols] = torch.eye(d)
         # c_proj is Conv1D [hidden(in, by head), hidden(out)].
         attn.c_proj.weight[head * d : (head + 1) * d, d : 2 * d] = torch.eye(d)
-        if model.lm_head.weight.data_ptr() == tr.wte.weight.data_ptr():  # GPT-2 ties by default
-            model.lm_head.weight = torch.nn.Parameter(torch.zeros_like(tr.wte.weight))
-            model.config.tie_word_embeddings = False
     else:
         inner = model.model
         inner.embed_tokens.weight[:, :d] = e
