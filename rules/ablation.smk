@@ -39,6 +39,7 @@ rule knockout:
         rank_by=config["ablation"]["rank_by"],
         batch_size=config["ablation"]["batch_size"],
         steps_per_pass=config["ablation"]["knockout_steps_per_pass"],
+        every=config["ablation"]["knockout_every"],
     conda:
         "../envs/codeinterp.yaml"
     log:

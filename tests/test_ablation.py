@@ -236,3 +236,18 @@ def test_bad_arguments_are_refused(tiny):
         ablation.knockout(model, targets, [(0, 0), (0, 0)], batch_size=1)
     with pytest.raises(ValueError, match="outside"):
         ablation.knockout(model, targets, [(9, 0)], batch_size=1)
+
+
+def test_knockout_every_is_a_subset_of_the_full_curve(tiny_models):
+    model, tok = tiny_models["llama"]
+    from codeinterp.ablation import knockout, ranking_from_deltas
+    import numpy as np
+
+    targets = make_targets(tok)
+    ranking = ranking_from_deltas(np.arange(12, dtype=float).reshape(3, 4), most_first=True)
+    full = knockout(model, targets, ranking, batch_size=2)
+    sparse = knockout(model, targets, ranking, batch_size=2, every=5)
+    assert sparse["k"].to_list() == [0, 5, 10, 12]
+    want = full.filter(pl.col("k").is_in([0, 5, 10, 12]))
+    assert np.allclose(sparse["loss"].to_numpy(), want["loss"].to_numpy(), atol=1e-5)
+    assert sparse["head"].to_list()[1:] == want["head"].to_list()[1:]

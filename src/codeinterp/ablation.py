@@ -489,10 +489,14 @@ def knockout(
     kind: str = "zero",
     fill: torch.Tensor | None = None,
     steps_per_pass: int = 8,
+    every: int = 1,
 ) -> pl.DataFrame:
     """Cumulative removal in `ranking` order: loss (mean over targets of the per-target code
     loss) with the first k heads removed, k = 0..len(ranking). Columns k, layer, head (the
     head removed at step k, null at k=0), loss.
+
+    `every` > 1 evaluates every `every`-th k only (always including 0 and all heads), for
+    real models where each step is a forward pass.
 
     `steps_per_pass` consecutive k values share a forward on the batch axis; they agree on
     every layer below the earliest head they add to the chunk's first mask, so those layers
@@ -508,6 +512,9 @@ def knockout(
         if not (0 <= l < n_layers and 0 <= h < n_heads):
             raise ValueError(f"head ({l}, {h}) is outside the model's {n_layers} x {n_heads} heads")
     n_steps = len(ranking) + 1
+    if every < 1:
+        raise ValueError(f"knockout every must be >= 1, got {every}")
+    chosen = sorted(set(range(0, n_steps, every)) | {n_steps - 1})
     masks = [full_mask(model)]
     for l, h in ranking:
         m = masks[-1].clone()
@@ -524,8 +531,9 @@ def knockout(
         B = batch.input_ids.shape[0]
         n_targets += B
         emb = runner.embed(batch.input_ids)
-        for k0 in range(0, n_steps, per_pass):
-            ks = list(range(k0, min(k0 + per_pass, n_steps)))
+        for c0 in range(0, len(chosen), per_pass):
+            ks = chosen[c0 : c0 + per_pass]
+            k0 = ks[0]
             added = ranking[k0 : ks[-1]]
             split = min(min((l for l, _ in added), default=n_layers), last if restrict else n_layers)
             with head_intervention(model, masks[k0], fill, layers=range(split)):
@@ -542,12 +550,13 @@ def knockout(
                     out = runner.run(x, split)[rows, positions]
             sums[ks] += runner.losses_at(out, batch, len(ks)).double().sum(1)
     loss = (sums / max(n_targets, 1)).tolist()
+    removed = [(None, None)] + ranking
     return pl.DataFrame(
         {
-            "k": list(range(n_steps)),
-            "layer": [None] + [l for l, _ in ranking],
-            "head": [None] + [h for _, h in ranking],
-            "loss": loss,
+            "k": chosen,
+            "layer": [removed[k][0] for k in chosen],
+            "head": [removed[k][1] for k in chosen],
+            "loss": [loss[k] for k in chosen],
         },
         schema=KNOCKOUT_SCHEMA,
     )

@@ -11,7 +11,8 @@ def main(smk):
     targets = targets_from_frame(pl.read_parquet(smk.input.targets))
     deltas = delta_array(pl.read_parquet(smk.input.matrix), smk.params.rank_by)
     if targets and deltas is not None:
-        curves = knockout_curves(model, targets, deltas, smk.params.batch_size, steps_per_pass=smk.params.steps_per_pass)
+        curves = knockout_curves(model, targets, deltas, smk.params.batch_size, steps_per_pass=smk.params.steps_per_pass,
+                                 every=smk.params.every)
     else:
         curves = pl.DataFrame(schema={"order": pl.Utf8, **KNOCKOUT_SCHEMA})
     write_parquet(with_ids(curves, smk), smk.output[0])
