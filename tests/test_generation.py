@@ -1,0 +1,100 @@
+import json
+
+import polars as pl
+import pytest
+import torch
+
+from codeinterp import generation as g
+from codeinterp import prompts
+from codeinterp.errors import ConfigError
+
+HE_ROW = {
+    "dataset": "humaneval", "problem_id": "HumanEval/0", "prompt": 'from typing import List\n\ndef f(x: List[int]) -> int:\n    """doc"""\n',
+    "entry_point": "f", "starter_code": 'from typing import List\n\ndef f(x: List[int]) -> int:\n    """doc"""\n', "test_type": "assert",
+}
+
+
+def table_for(tok, texts):
+    return [{"row": {**HE_ROW, "problem_id": f"P{i}"}, "text": t, "ids": tok(t, add_special_tokens=False)["input_ids"]}
+            for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_batched_left_padded_greedy_equals_one_by_one(tiny_models, arch):
+    """Left padding with wrong position ids silently corrupts logits: batched must equal unbatched."""
+    model, tok = tiny_models[arch]
+    texts = ["def f(x):\n", "a much longer prompt than the other one, to force padding:\n", "x"]
+    settings = g.Settings(max_new_tokens=12, batch_size=3, chat=False)
+    together = g.generate_transformers(model, tok, table_for(tok, texts), settings)
+    alone = pl.concat([g.generate_transformers(model, tok, table_for(tok, [t]), g.Settings(max_new_tokens=12, batch_size=1, chat=False))
+                       for t in texts])
+    assert together["completion"].to_list() == alone["completion"].to_list()
+    assert together["completion_tokens"].to_list() == alone["completion_tokens"].to_list()
+
+
+def test_sampling_is_seeded(tiny_models):
+    model, tok = tiny_models["llama"]
+    s = g.Settings(max_new_tokens=10, n=3, temperature=1.0, seed=7, chat=False)
+    a = g.generate_transformers(model, tok, table_for(tok, ["def f"]), s)
+    b = g.generate_transformers(model, tok, table_for(tok, ["def f"]), s)
+    assert a.drop("seconds").equals(b.drop("seconds"))
+    assert a["sample_index"].to_list() == [0, 1, 2]
+    assert len(set(a["completion"].to_list())) > 1
+
+
+def test_head_mask_changes_generation(tiny_models):
+    model, tok = tiny_models["llama"]
+    s = g.Settings(max_new_tokens=16, chat=False)
+    base = g.generate_transformers(model, tok, table_for(tok, ["def f(x):\n"]), s)
+    masked = g.generate_transformers(model, tok, table_for(tok, ["def f(x):\n"]), s, keep=torch.zeros(3, 4))
+    assert base["completion"][0] != masked["completion"][0]
+
+
+def test_stop_sequences_cut_text():
+    assert g.cut_at_stop("abc```rest", ["```"]) == ("abc", True)
+    assert g.cut_at_stop("abc", ["```"]) == ("abc", False)
+    assert g.cut_at_stop("a\ndef b\n#c", ["\n#", "\ndef "]) == ("a", True)
+
+
+def test_prompt_too_long_is_a_one_line_error(tiny_models):
+    _, tok = tiny_models["llama"]
+    problems = pl.DataFrame([HE_ROW])
+    with pytest.raises(ConfigError, match="HumanEval/0.*exceeds the model's context of 50"):
+        g.prompt_table(problems, tok, g.Settings(max_new_tokens=10), max_positions=50)
+
+
+def test_code_mode_prompt_is_prefilled_and_extracted(tiny_models):
+    _, tok = tiny_models["llama"]
+    text = prompts.build_prompt(HE_ROW, tok, "code", chat=True)
+    assert text.endswith("<|im_start|>assistant\n```python\n")
+    assert "def f(x: List[int])" in text
+    code = prompts.extract_code("def f(x):\n    return 1\n```\nextra", prefilled=True)
+    assert code == "def f(x):\n    return 1\n"
+
+
+def test_reasoning_mode_takes_last_block():
+    text = "Idea: loop.\n```python\nx = 1\n```\nBetter:\n```python\ndef f(x):\n    return 2\n```\n"
+    assert prompts.extract_code(text, prefilled=False) == "def f(x):\n    return 2\n"
+
+
+def test_build_program_body_and_full_function():
+    body = prompts.build_program(HE_ROW, "    return sum(x)\n")
+    assert body == HE_ROW["starter_code"] + "    return sum(x)\n"
+    full = prompts.build_program(HE_ROW, "def f(x):\n    return sum(x)\n")
+    assert full.startswith("from typing import List\n") and full.count("def f") == 1
+    stdin_row = {**HE_ROW, "test_type": "stdin", "starter_code": ""}
+    assert prompts.build_program(stdin_row, "print(1)\n") == "print(1)\n"
+
+
+def test_read_replay_jsonl_and_errors(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text("\n".join(json.dumps({"task_id": t, "completion": c}) for t, c in
+                              [("HumanEval/0", "a"), ("HumanEval/1", "b"), ("HumanEval/0", "c")]) + "\n")
+    df = g.read_replay(path)
+    assert df.sort("problem_id", "sample_index").rows() == [("HumanEval/0", "a", 0), ("HumanEval/0", "c", 1), ("HumanEval/1", "b", 0)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": "x", "completion": "y"}\nnot json\n')
+    with pytest.raises(ConfigError, match="bad.jsonl, line 2"):
+        g.read_replay(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        g.read_replay(tmp_path / "missing.jsonl")
