@@ -46,6 +46,9 @@ def test_tiny_pipeline_ends_in_report(tiny_run):
     assert report.exists()
     page = report.read_text()
     assert "vegaEmbed" in page and "<script src=" not in page  # inlined, no network needed
+    for section in ("Layer lens", "exact single-head ablation", "Knockout curves", "Taylor pruning",
+                    "Taylor scores versus exact ablation", "Pruned models", "Head subsets (CMA-ES)", "Top heads"):
+        assert section in page, section
     for dataset in ("humaneval", "mbpp", "livecodebench"):
         verdicts = pl.read_parquet(tiny_run / f"results/tiny-llama/{dataset}/verdicts.parquet")
         gens = pl.read_parquet(tiny_run / f"results/tiny-llama/{dataset}/generations.parquet")
@@ -65,14 +68,15 @@ def test_generation_change_reruns_only_dependants(tiny_run, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
     jobs = planned_jobs(tiny_run, changed)
-    assert jobs == {"all": 1, "generate": 3, "evaluate": 3, "report": 1}
+    assert jobs == {"all": 1, "generate": 3, "evaluate": 3, "pruned_eval": 3, "report": 1}
 
 
 def test_same_config_gives_identical_tables(tiny_run, tmp_path):
     other = tmp_path / "again"
     shutil.copytree(tiny_run / "resources", other / "resources")
     snakemake(other, "--configfile", str(TINY))
-    for name in ("generations", "verdicts", "targets", "lens_layers", "lens_tokens"):
+    for name in ("generations", "verdicts", "targets", "lens_layers", "lens_tokens", "ablation/head_deltas",
+                 "ablation/knockout", "pruning/taylor_history", "subset_search/compare"):
         a = (tiny_run / f"results/tiny-llama/humaneval/{name}.parquet").read_bytes()
         b = (other / f"results/tiny-llama/humaneval/{name}.parquet").read_bytes()
         if name in ("generations", "verdicts"):
