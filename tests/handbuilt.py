@@ -99,3 +99,19 @@ def one_head_targets(tok, n: int = 3) -> list[Target]:
         k = tok(code)["input_ids"]
         out.append(Target(f"h{i}", tuple(c + k), len(c), len(c) + len(k)))
     return out
+
+
+SNIPPETS = [("# add\n", "def add(a, b):\n    return a + b\n"), ("x = ", "[1, (2, 3)]"), ("", "pass"),
+            ("# sq\n", "def sq(x): return x * x")]
+
+
+def snippet_targets(tok, n: int = 3):
+    """Small code targets for tiny models: context tokens, then the code tokens."""
+    from codeinterp.scoring import Target
+
+    out = []
+    for i, (ctx, code) in enumerate(SNIPPETS[:n]):
+        c = tok(ctx)["input_ids"] if ctx else [tok.bos_token_id]
+        k = tok(code)["input_ids"]
+        out.append(Target(f"t{i}", tuple(c + k), len(c), len(c) + len(k)))
+    return out

@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 import torch
 
+import handbuilt
 from codeinterp import ablation, heads
 from codeinterp.scoring import Target, code_losses, make_batch
 from codeinterp.sites import head_out_proj, layout
@@ -23,14 +24,7 @@ def one_thread():
 
 
 def make_targets(tok):
-    texts = [("# add\n", "def add(a, b):\n    return a + b\n"), ("x = ", "[1, (2, 3)]"), ("", "pass"),
-             ("# sq\n", "def sq(x): return x * x")]
-    out = []
-    for i, (ctx, code) in enumerate(texts):
-        c = tok(ctx)["input_ids"] if ctx else [tok.bos_token_id]
-        k = tok(code)["input_ids"]
-        out.append(Target(f"t{i}", tuple(c + k), len(c), len(c) + len(k)))
-    return out
+    return handbuilt.snippet_targets(tok, 4)
 
 
 @pytest.fixture(scope="module")

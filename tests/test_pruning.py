@@ -13,13 +13,7 @@ import handbuilt
 
 
 def make_targets(tok):
-    texts = [("# add\n", "def add(a, b):\n    return a + b\n"), ("x = ", "[1, (2, 3)]"), ("", "pass")]
-    out = []
-    for i, (ctx, code) in enumerate(texts):
-        c = tok(ctx)["input_ids"] if ctx else [tok.bos_token_id]
-        k = tok(code)["input_ids"]
-        out.append(Target(f"t{i}", tuple(c + k), len(c), len(c) + len(k)))
-    return out
+    return handbuilt.snippet_targets(tok, 3)
 
 
 # ---------------------------------------------------------------- Taylor scores vs references

@@ -1,18 +1,13 @@
 import pytest
 import torch
 
+import handbuilt
 from codeinterp import heads
 from codeinterp.scoring import Target, batches, code_losses, make_batch
 
 
 def make_targets(tok):
-    texts = [("# add\n", "def add(a, b):\n    return a + b\n"), ("x = ", "[1, (2, 3)]"), ("", "pass")]
-    out = []
-    for i, (ctx, code) in enumerate(texts):
-        c = tok(ctx)["input_ids"] if ctx else [tok.bos_token_id]
-        k = tok(code)["input_ids"]
-        out.append(Target(f"t{i}", tuple(c + k), len(c), len(c) + len(k)))
-    return out
+    return handbuilt.snippet_targets(tok, 3)
 
 
 def reference_loss(model, t: Target) -> float:

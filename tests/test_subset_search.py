@@ -4,19 +4,12 @@ import numpy as np
 import pytest
 
 from codeinterp import heads, pruning, subset_search
-from codeinterp.scoring import Target
 
 import handbuilt
 
 
 def make_targets(tok):
-    texts = [("# add\n", "def add(a, b):\n    return a + b\n"), ("x = ", "[1, (2, 3)]"), ("", "pass")]
-    out = []
-    for i, (ctx, code) in enumerate(texts):
-        c = tok(ctx)["input_ids"] if ctx else [tok.bos_token_id]
-        k = tok(code)["input_ids"]
-        out.append(Target(f"t{i}", tuple(c + k), len(c), len(c) + len(k)))
-    return out
+    return handbuilt.snippet_targets(tok, 3)
 
 
 def all_heads(model):

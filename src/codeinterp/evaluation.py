@@ -205,3 +205,9 @@ def evaluate_generations(problems: pl.DataFrame, generations: pl.DataFrame, limi
         schema=VERDICT_SCHEMA,
     )
     return table, pass_at_k_table(table, ks)
+
+
+def limits_from_config(cfg: dict) -> Limits:
+    """Sandbox limits from the `evaluation` config section."""
+    return Limits(timeout_s=cfg["timeout_s"], cpu_s=cfg["cpu_s"], memory_mb=cfg["memory_mb"],
+                  output_bytes=cfg["output_bytes"], isolation=cfg["isolation"])

@@ -261,3 +261,14 @@ def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Sett
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         return generate_vllm(str(model_dir), tokenizer, prompt_table(problems, tokenizer, settings, facts.max_positions), settings, vllm_python)
     raise ConfigError(f"generation.backend {backend!r} is not one of transformers, vllm, replay")
+
+
+def settings_from_config(cfg: dict, model_dir: str | Path) -> Settings:
+    """Settings from the `generation` config section (plus `chat` and `seed` filled in by the workflow)."""
+    from .models import resolve_chat
+
+    return Settings(
+        mode=cfg["mode"], chat=resolve_chat(model_dir, cfg.get("chat")), n=cfg["n"], temperature=cfg["temperature"],
+        top_p=cfg["top_p"], max_new_tokens=cfg["max_new_tokens"], batch_size=cfg["batch_size"], seed=cfg["seed"],
+        stop=tuple(cfg["stop"]),
+    )

@@ -9,7 +9,6 @@ the same model (tests check the hook against zeroed weights).
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -94,5 +93,3 @@ def baseline_row(pass_at_k: pl.DataFrame, verdicts: pl.DataFrame) -> pl.DataFram
     means = pass_at_k.select([pl.col(c).mean() for c in pass_at_k.columns if c.startswith("pass@")])
     return row.hstack(means) if len(pass_at_k) else row
 
-
-__all__ = ["pruned_eval", "baseline_row", "regime_label", "write_pruned_checkpoint", "shutil"]

@@ -1,19 +1,14 @@
 import polars as pl
 
-from codeinterp.generation import Settings, run_generation
-from codeinterp.models import resolve_chat
+from codeinterp.generation import run_generation, settings_from_config
 from codeinterp.workflow import run_script, write_parquet
 
 
 def main(smk):
-    s = dict(smk.params.settings)
-    settings = Settings(
-        mode=s["mode"], chat=resolve_chat(smk.input.model, s["chat"]), n=s["n"], temperature=s["temperature"],
-        top_p=s["top_p"], max_new_tokens=s["max_new_tokens"], batch_size=s["batch_size"], seed=s["seed"],
-        stop=tuple(s["stop"]),
-    )
+    cfg = dict(smk.params.settings)
+    settings = settings_from_config(cfg, smk.input.model)
     problems = pl.read_parquet(smk.input.problems)
-    table = run_generation(problems, smk.input.model, settings, s["backend"], smk.params.vllm_python, s["samples"])
+    table = run_generation(problems, smk.input.model, settings, cfg["backend"], smk.params.vllm_python, cfg["samples"])
     write_parquet(table, smk.output[0])
 
 

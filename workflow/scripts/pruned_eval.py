@@ -3,10 +3,9 @@ import logging
 
 import polars as pl
 
-from codeinterp.generation import Settings
-from codeinterp.models import resolve_chat
+from codeinterp.evaluation import limits_from_config
+from codeinterp.generation import settings_from_config
 from codeinterp.pruned import baseline_row, pruned_eval
-from codeinterp.sandbox import Limits
 from codeinterp.workflow import delta_array, run_script, with_ids, write_parquet
 
 log = logging.getLogger("pruned_eval")
@@ -14,13 +13,7 @@ log = logging.getLogger("pruned_eval")
 
 def main(smk):
     s, c = dict(smk.params.settings), smk.params.limits
-    settings = Settings(
-        mode=s["mode"], chat=resolve_chat(smk.input.model, s["chat"]), n=s["n"], temperature=s["temperature"],
-        top_p=s["top_p"], max_new_tokens=s["max_new_tokens"], batch_size=s["batch_size"], seed=s["seed"],
-        stop=tuple(s["stop"]),
-    )
-    limits = Limits(timeout_s=c["timeout_s"], cpu_s=c["cpu_s"], memory_mb=c["memory_mb"],
-                    output_bytes=c["output_bytes"], isolation=c["isolation"])
+    settings, limits = settings_from_config(s, smk.input.model), limits_from_config(c)
     baseline = baseline_row(pl.read_parquet(smk.input.pass_at_k), pl.read_parquet(smk.input.verdicts))
     delta = delta_array(pl.read_parquet(smk.input.matrix), smk.params.rank_by)
     history = json.loads(open(smk.input.history).read())["history"]
