@@ -16,6 +16,21 @@ if not config:
         config.update(yaml.safe_load(fh))
 validate(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
 
+
+def _key_sorted(obj):
+    if isinstance(obj, dict):
+        return {k: _key_sorted(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [_key_sorted(v) for v in obj]
+    return obj
+
+
+# Params are compared between runs to decide what reruns: the same settings written in
+# another key order must not count as a change.
+_canonical = _key_sorted(dict(config))
+config.clear()
+config.update(_canonical)
+
 MODELS = sorted(config["models"])
 DATASETS = sorted(config["datasets"])
 
@@ -58,6 +73,9 @@ def prompt_settings(model):
 
 
 def vllm_python():
+    """The vLLM interpreter, only when it is used (a moved clone must not rerun generation)."""
+    if config["generation"]["backend"] != "vllm":
+        return ""
     return config["generation"]["vllm_python"] or str(REPO / ".venv-vllm" / "bin" / "python")
 
 
