@@ -106,3 +106,10 @@ def test_bad_input_is_a_one_line_error(tmp_path, mutate, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not list((tmp_path / "w").glob("results/**/generations.parquet"))
+
+
+def test_snakemake_report_works(tiny_run, tmp_path):
+    out = tmp_path / "smk-report.html"
+    snakemake(tiny_run, "--report", str(out), "--configfile", str(TINY))
+    assert out.stat().st_size > 100_000
+    assert "lens_layers.parquet" in out.read_text(errors="replace")
