@@ -156,13 +156,15 @@ def _section_taylor(files: dict, charts: Charts) -> str:
     return "".join(parts)
 
 
+def _stacked_table(files: dict, heading: str, digits: int) -> str:
+    """One table of all models and datasets, or nothing when every file is empty."""
+    frames = [f for f in (pl.read_parquet(p) for _, p in sorted(files.items())) if len(f)]
+    return heading + _table(pl.concat(frames, how="diagonal"), digits) if frames else ""
+
+
 def _section_taylor_vs_exact(files: dict, charts: Charts) -> str:
-    frames = [pl.read_parquet(p) for _, p in sorted(files.items())]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return ""
-    return ("<h2>Taylor scores versus exact ablation</h2><p>How far the cheap estimate can be trusted: rank "
-            "correlations and top-k overlap.</p>" + _table(pl.concat(frames, how="diagonal"), 3))
+    return _stacked_table(files, "<h2>Taylor scores versus exact ablation</h2><p>How far the cheap estimate can be "
+                          "trusted: rank correlations and top-k overlap.</p>", 3)
 
 
 def _section_taylor_scatter(files: dict, charts: Charts) -> str:
@@ -196,12 +198,8 @@ def _section_pruned_eval(files: dict, charts: Charts) -> str:
 
 
 def _section_subsets(files: dict, charts: Charts) -> str:
-    frames = [pl.read_parquet(p) for _, p in sorted(files.items())]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return ""
-    return ("<h2>Head subsets (CMA-ES)</h2><p>Loss with k heads removed: the CMA-ES set against ranked sets.</p>"
-            + _table(pl.concat(frames, how="diagonal"), 4))
+    return _stacked_table(files, "<h2>Head subsets (CMA-ES)</h2><p>Loss with k heads removed: the CMA-ES set "
+                          "against ranked sets.</p>", 4)
 
 
 SECTIONS = {
