@@ -195,3 +195,23 @@ def test_vllm_sampling_rows(tmp_path):
             assert ids[-1] == tok.eos_token_id or full.endswith("b"), row
     # Sampling, unlike greedy, gives two different samples for some prompt.
     assert any(rows[2 * i]["token_ids"] != rows[2 * i + 1]["token_ids"] for i in range(3))
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_pruned_generation_tables_equal_across_backends(tmp_path):
+    """pruned_eval's two paths, a vLLM pruned checkpoint and the transformers head mask, agree."""
+    _skip_without_vllm()
+    from codeinterp import pruned
+    from codeinterp.datasets import load_problems, select_problems
+    from codeinterp.generation import Settings
+
+    model, tok = build_tiny_random({"architecture": "llama", "n_layers": 2, "hidden_size": 128, "n_heads": 2,
+                                    "n_kv_heads": 1, "intermediate_size": 256, "seed": 0})
+    save_canonical(model, tok, tmp_path / "base", "tiny-random")
+    problems = select_problems(load_problems("humaneval", REPO / "data"), limit=3)
+    settings = Settings(max_new_tokens=16, batch_size=1, chat=True)
+    removed = [(0, 1), (1, 0)]
+    via_vllm = pruned._generate(problems, tmp_path / "base", settings, "vllm", VLLM_PYTHON, removed)
+    via_hook = pruned._generate(problems, tmp_path / "base", settings, "transformers", None, removed)
+    assert via_vllm.drop("seconds", "backend").equals(via_hook.drop("seconds", "backend"))

@@ -183,9 +183,14 @@ def generate_vllm(model_dir: str, tokenizer, table: list[dict], settings: Settin
     )
     per_row = (time.perf_counter() - t0) / max(1, len(rows))
     out = []
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     for r in rows:
         p = table[r["prompt_index"]]
-        text, _ = cut_at_stop(r["text"], settings.all_stops())
+        # Decode with our tokenizer, as the transformers backend does: vLLM's incremental
+        # detokenizer drops partial UTF-8 characters, so its text can differ for the same ids.
+        text = tokenizer.decode(_trim(list(r["token_ids"]), eos_id, pad_id), skip_special_tokens=True)
+        text, _ = cut_at_stop(text, settings.all_stops())
         out.append(_record(p, r["sample_index"], "vllm", settings, text, len(r["token_ids"]), r["finish_reason"], per_row))
     return pl.DataFrame(out, schema=GENERATION_SCHEMA).sort("problem_id", "sample_index", maintain_order=True)
 
