@@ -2,25 +2,24 @@
 
 Three layers of machinery:
 
-* `BlockRunner` / `run_from_layer`: run decoder blocks L..end of a Hugging Face model
-  directly on a residual stream (TransformerLens' `start_at_layer`), building the
-  position embeddings and the 4D attention mask exactly as the model's own forward does
-  (`transformers.masking_utils.create_causal_mask` with the model's config, so eager,
-  sdpa and Qwen2 sliding-window layers all get what they expect). Reusable for causal
+* `BlockRunner` / `run_from_layer` (from `architectures`, which alone knows how each
+  architecture's block computes): run decoder blocks L..end of a Hugging Face model
+  directly on a residual stream (TransformerLens' `start_at_layer`). Reusable for causal
   tracing / activation patching.
 * `naive_head_ablation`: the reference. One full forward per (layer, head) with that head
   ablated through `heads.head_intervention`, full-vocabulary logits at every position,
   cross-entropy at the scored positions.
 * `head_ablation`: the same numbers (to float round-off), much faster. Per batch of
-  targets one clean pass runs layer by layer; at layer L it keeps the clean residual after
-  attention (`mid`) and the clean per-head outputs `z` (the o_proj input). Ablating head h
-  of layer L changes that layer's output projection by exactly `(fill_h - z_h) @ W_O[h]`
-  (the projection is linear, its bias does not depend on any head), so the ablated
-  residual after layer L's attention is `mid + (fill_h - z_h) @ W_O[h]`: no attention of
-  layer L is recomputed. `heads_per_pass` such residuals go on the batch axis, then layer
+  targets one clean pass runs layer by layer; at layer L it keeps the clean residual
+  before the block, the attention module's output `a` and the clean per-head outputs `z`
+  (the o_proj input). Ablating head h of layer L changes `a` by exactly
+  `(fill_h - z_h) @ W_O[h]` (the projection is linear, its bias does not depend on any
+  head), so the ablated residual after layer L's attention is the block's own attention
+  half applied to `a + (fill_h - z_h) @ W_O[h]` (through any post-attention norm, as in
+  Gemma 2/3 and OLMo 2): no attention of layer L is recomputed. `heads_per_pass` such residuals go on the batch axis, then layer
   L's MLP and blocks L+1..end run once for all of them, and the final norm and the
-  unembedding are applied at the scored positions only. The clean pass continues from
-  `mid`, so no residual is cached beyond the current layer: memory is
+  readout are applied at the scored positions only. The clean pass continues from
+  layer L, so no residual is cached beyond the current layer: memory is
   O(heads_per_pass * batch_size * T * D) whatever the number of targets.
   In the last block only the scored positions are needed as queries (every position is
   still needed as key/value), so `head_ablation` computes that block's queries, attention
@@ -38,6 +37,11 @@ blocks L+1..end-1 must run at every position for each ablation; besides dropping
 attention and most of the last block, an exact sweep cannot skip work (the FLOP count is
 printed by `benchmarks/head_ablation_speed.py`).
 
+Every fast path (`head_ablation`, `knockout`, `mean_head_outputs`) first checks, on the
+first batch of each call, that its runner's clean per-target losses equal the model's own
+forward (`BlockRunner.verify`); a disagreement stops the run with a one-line
+`RunnerMismatch`, and an architecture without an adapter is refused before any work.
+
 All losses are the mean cross-entropy over a target's code tokens (as `scoring.code_losses`).
 """
 
@@ -50,9 +54,16 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
+from .architectures import BlockRunner, head_out_weights
 from .heads import full_mask, head_intervention, mask_from_heads
 from .scoring import Batch, Target, batches, per_target_mean
 from .sites import head_out_proj, layout
+
+__all__ = [
+    "ABLATION_SCHEMA", "KINDS", "KNOCKOUT_SCHEMA", "BlockRunner", "delta_matrix", "head_ablation",
+    "knockout", "knockout_curves", "mean_head_outputs", "naive_head_ablation", "ranking_from_deltas",
+    "run_from_layer",
+]
 
 KINDS = ("zero", "mean")
 
@@ -66,10 +77,6 @@ ABLATION_SCHEMA = {
     "delta": pl.Float64,
 }
 KNOCKOUT_SCHEMA = {"k": pl.Int64, "layer": pl.Int64, "head": pl.Int64, "loss": pl.Float64}
-
-
-def _llama_like(model) -> bool:
-    return hasattr(model, "model") and hasattr(model.model, "layers")
 
 
 def _pad_id(model) -> int:
@@ -89,202 +96,6 @@ def _trim(batch: Batch) -> Batch:
     )
 
 
-class BlockRunner:
-    """Runs the blocks of `model` on residual streams for one batch geometry.
-
-    `attention_mask` is the usual [B, T] 0/1 padding mask. Residuals may carry any whole
-    multiple of B rows (the batch repeated `rep` times, row `j * B + b` being a copy of
-    row `b`); the 4D mask is built (and cached) for each such size.
-    """
-
-    def __init__(self, model, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None):
-        self.model = model
-        self.lay = layout(model)
-        self.llama = _llama_like(model)
-        self.attention_mask = attention_mask
-        self.B, self.T = attention_mask.shape
-        if position_ids is None:
-            position_ids = torch.arange(self.T, device=attention_mask.device).unsqueeze(0)
-        self.position_ids = position_ids
-        self._masks: dict[tuple[int, str], torch.Tensor | None] = {}
-        self._rope = None
-        types = getattr(model.config, "layer_types", None)
-        self.layer_types = list(types) if types else ["full_attention"] * len(self.lay.blocks)
-
-    @property
-    def n_layers(self) -> int:
-        return len(self.lay.blocks)
-
-    # -- inputs of the blocks ------------------------------------------------------------
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if self.llama:
-            return self.model.model.embed_tokens(input_ids)
-        tr = self.model.transformer
-        return tr.drop(tr.wte(input_ids) + tr.wpe(self.position_ids))
-
-    def mask(self, layer: int, like: torch.Tensor):
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
-        rows = like.shape[0]
-        if rows % self.B:
-            raise ValueError(f"residual batch {rows} is not a multiple of the batch {self.B}")
-        kind = self.layer_types[layer]
-        key = (rows, kind)
-        if key not in self._masks:
-            make = create_sliding_window_causal_mask if kind == "sliding_attention" else create_causal_mask
-            self._masks[key] = make(
-                config=self.model.config,
-                inputs_embeds=like,
-                attention_mask=self.attention_mask.repeat(rows // self.B, 1),
-                past_key_values=None,
-                position_ids=self.position_ids,
-            )
-        return self._masks[key]
-
-    def rope(self, like: torch.Tensor):
-        if self._rope is None:
-            self._rope = self.model.model.rotary_emb(like, self.position_ids)
-        return self._rope
-
-    # -- the two halves of a block -------------------------------------------------------
-    def attn_half(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
-        blk = self.lay.blocks[layer]
-        if self.llama:
-            out, _ = blk.self_attn(
-                hidden_states=blk.input_layernorm(resid),
-                position_embeddings=self.rope(resid),
-                attention_mask=self.mask(layer, resid),
-                position_ids=self.position_ids,
-            )
-        else:
-            out, _ = blk.attn(blk.ln_1(resid), attention_mask=self.mask(layer, resid))
-        return resid + out
-
-    def mlp_half(self, layer: int, mid: torch.Tensor) -> torch.Tensor:
-        blk = self.lay.blocks[layer]
-        if self.llama:
-            return mid + blk.mlp(blk.post_attention_layernorm(mid))
-        return mid + blk.mlp(blk.ln_2(mid))
-
-    def block(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
-        return self.mlp_half(layer, self.attn_half(layer, resid))
-
-    def run(self, resid: torch.Tensor, start_layer: int = 0, end_layer: int | None = None) -> torch.Tensor:
-        """Blocks start_layer..end_layer-1 (all remaining by default); no final norm."""
-        for layer in range(start_layer, self.n_layers if end_layer is None else end_layer):
-            resid = self.block(layer, resid)
-        return resid
-
-    # -- last block restricted to the query positions that are read ----------------------
-    def can_restrict_last_block(self) -> bool:
-        """Whether `last_block_at` knows this attention (plain causal MHA/GQA, RoPE or GPT-2)."""
-        layer = self.n_layers - 1
-        if self.layer_types[layer] != "full_attention":
-            return False
-        blk = self.lay.blocks[layer]
-        if self.llama:
-            attn = blk.self_attn
-            return all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")) and not any(
-                hasattr(attn, a) for a in ("q_norm", "k_norm")
-            )
-        return not getattr(blk.attn, "reorder_and_upcast_attn", False)
-
-    def last_block_at(
-        self,
-        resid: torch.Tensor,
-        rows: torch.Tensor,
-        positions: torch.Tensor,
-        keep: torch.Tensor | None = None,
-        fill: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Output of the last block at (rows, positions) only: [N, D].
-
-        Keys and values come from every position; queries, attention output, output
-        projection and MLP only at the requested positions. Equal (to round-off) to
-        `self.block(last, resid)[rows, positions]`, but much cheaper when few positions are
-        read. Forward hooks on the output projection are NOT run; a head intervention on the
-        last layer is passed instead as `keep` ([R, H], one mask per residual row) and
-        `fill` ([H, head_dim] or None), with the semantics of `heads.head_intervention`.
-        """
-        layer = self.n_layers - 1
-        blk = self.lay.blocks[layer]
-        attn = blk.self_attn if self.llama else blk.attn
-        n_heads, head_dim = self.lay.n_heads, self.lay.head_dim
-        R, T = resid.shape[:2]
-        # Queries per row, padded to the longest: slot s of row r is position grid[r, s].
-        counts = torch.bincount(rows, minlength=R)
-        order = torch.argsort(rows, stable=True)
-        slot = torch.empty_like(rows)
-        slot[order] = torch.arange(len(rows)) - (torch.cumsum(counts, 0) - counts)[rows[order]]
-        grid = torch.zeros(R, int(counts.max()), dtype=torch.long)
-        grid[rows, slot] = positions
-        ridx = torch.arange(R)[:, None]
-        if self.llama:
-            h = blk.input_layernorm(resid)
-            q = attn.q_proj(h[ridx, grid]).view(R, -1, n_heads, head_dim)  # [R, S, H, d]
-            k = attn.k_proj(h).view(R, T, -1, head_dim)  # [R, T, Hkv, d]
-            v = attn.v_proj(h).view(R, T, -1, head_dim)
-            cos, sin = self.rope(resid)  # [1, T, d]
-            cq, sq = cos[0][grid].unsqueeze(2), sin[0][grid].unsqueeze(2)
-            q = q * cq + _rotate_half(q) * sq
-            k = k * cos[0][None, :, None] + _rotate_half(k) * sin[0][None, :, None]
-        else:
-            h = blk.ln_1(resid)
-            split = attn.split_size
-            w, b = attn.c_attn.weight, attn.c_attn.bias  # Conv1D: [in, 3 * hidden]
-            q = F.linear(h[ridx, grid], w[:, :split].t(), b[:split]).view(R, -1, n_heads, head_dim)
-            kv = F.linear(h, w[:, split:].t(), b[split:])
-            k = kv[..., :split].view(R, T, n_heads, head_dim)
-            v = kv[..., split:].view(R, T, n_heads, head_dim)
-        n_kv = k.shape[2]
-        group = n_heads // n_kv
-        S = grid.shape[1]
-        # [R, S, Hkv, G, d] -> [R, Hkv, G * S, d]: each KV head serves its G query heads at once.
-        qg = q.view(R, S, n_kv, group, head_dim).permute(0, 2, 3, 1, 4).reshape(R, n_kv, group * S, head_dim)
-        k = k.transpose(1, 2)  # [R, Hkv, T, d]
-        v = v.transpose(1, 2)
-        scores = torch.matmul(qg, k.transpose(2, 3)) * attn.scaling  # [R, Hkv, G * S, T]
-        # Causal + padding mask, additive like transformers' eager mask.
-        keys = torch.arange(T)
-        allowed = (keys[None, None, :] <= grid[:, :, None]) & self.attention_mask.bool().repeat(R // self.B, 1)[:, None, :]
-        bias = torch.zeros(allowed.shape, dtype=scores.dtype).masked_fill(~allowed, torch.finfo(scores.dtype).min)
-        scores = scores + bias.repeat(1, group, 1).unsqueeze(1)  # [R, 1, G * S, T]
-        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        z = torch.matmul(weights, v)  # [R, Hkv, G * S, d]
-        z = z.view(R, n_kv, group, S, head_dim).permute(0, 3, 1, 2, 4).reshape(R, S, n_heads, head_dim)
-        if keep is not None:
-            kk = keep.to(z.dtype)[:, None, :, None]
-            z = z * kk + ((1 - kk) * fill.to(z.dtype) if fill is not None else 0)
-        z = z.reshape(R, S, n_heads * head_dim)[rows, slot]  # [N, H * d]
-        proj = attn.o_proj if self.llama else attn.c_proj
-        if proj.__class__.__name__ == "Conv1D":
-            out = torch.addmm(proj.bias, z, proj.weight)
-        else:
-            out = F.linear(z, proj.weight, proj.bias)
-        mid = resid[rows, positions] + out
-        return self.mlp_half(layer, mid)
-
-    # -- readout ---------------------------------------------------------------------------
-    def losses_at(self, hidden: torch.Tensor, batch: Batch, rep: int) -> torch.Tensor:
-        """Per-target code losses from last-block outputs already gathered at the scored
-        positions ([rep * N, D], copy-major), as [rep, B]."""
-        logits = self.lay.unembed(self.lay.final_norm(hidden)).float()
-        ce = F.cross_entropy(logits, batch.labels.repeat(rep), reduction="none")
-        owner = (batch.owner[None, :] + self.B * torch.arange(rep)[:, None]).reshape(-1)
-        return per_target_mean(ce, owner, rep * self.B).view(rep, self.B)
-
-    def losses(self, final: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """Per-target code losses from the last block's output [rep * B, T, D], as [rep, B]."""
-        rep = final.shape[0] // self.B
-        rows, positions = _rep_index(batch, self.B, rep)
-        return self.losses_at(final[rows, positions], batch, rep)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _rep_index(batch: Batch, B: int, rep: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows = (batch.rows[None, :] + B * torch.arange(rep)[:, None]).reshape(-1)
     return rows, batch.positions.repeat(rep)
@@ -302,17 +113,6 @@ def run_from_layer(
     [B, T] `attention_mask`'s B). Returns the residual after the last block run, before
     the final norm."""
     return BlockRunner(model, attention_mask, position_ids).run(resid, start_layer, end_layer)
-
-
-def _head_out_weights(model, layer: int) -> torch.Tensor:
-    """[H, d, D]: head h's output z_h [.., d] adds z_h @ W[h] to the residual."""
-    lay = layout(model)
-    proj = head_out_proj(model, layer)
-    if proj.__class__.__name__ == "Conv1D":  # GPT-2 stores [in, out]
-        w = proj.weight
-    else:
-        w = proj.weight.t()
-    return w.reshape(lay.n_heads, lay.head_dim, w.shape[-1])
 
 
 def _capture_head_outputs(model, layer: int, fn: Callable[[], torch.Tensor]):
@@ -344,7 +144,7 @@ def mean_head_outputs(model, targets: Sequence[Target], batch_size: int, scope: 
     n_layers = len(lay.blocks)
     sums = torch.zeros(n_layers, lay.n_heads * lay.head_dim, dtype=torch.float64)
     count = 0
-    for batch in batches(list(targets), batch_size, _pad_id(model)):
+    for i, batch in enumerate(batches(list(targets), batch_size, _pad_id(model))):
         runner = BlockRunner(model, batch.attention_mask)
         if scope == "all":
             sel = batch.attention_mask.bool()
@@ -354,6 +154,8 @@ def mean_head_outputs(model, targets: Sequence[Target], batch_size: int, scope: 
             sel[batch.rows, batch.positions] = True
             count += int(sel.sum())
         resid = runner.embed(batch.input_ids)
+        if i == 0:
+            runner.verify(batch, resid, False, "mean_head_outputs")
         for layer in range(n_layers):
             mid, z = _capture_head_outputs(model, layer, lambda: runner.attn_half(layer, resid))
             sums[layer] += z[sel].double().sum(0)
@@ -428,39 +230,44 @@ def head_ablation(
     n_layers, n_heads, head_dim = len(lay.blocks), lay.n_heads, lay.head_dim
     per_pass = max(1, min(heads_per_pass or n_heads, n_heads))
     records = []
-    for batch in batches(list(targets), batch_size, _pad_id(model)):
+    for i, batch in enumerate(batches(list(targets), batch_size, _pad_id(model))):
         batch = _trim(batch)
         runner = BlockRunner(model, batch.attention_mask)
+        restrict = runner.can_restrict_last_block()
         B, T = batch.input_ids.shape
         resid = runner.embed(batch.input_ids)
+        if i == 0:
+            runner.verify(batch, resid, restrict, "head_ablation")
         ablated = torch.empty(n_layers, n_heads, B)
         last = n_layers - 1
         for layer in range(n_layers):
-            mid, z = _capture_head_outputs(model, layer, lambda: runner.attn_half(layer, resid))
+            attn, z = _capture_head_outputs(model, layer, lambda: runner.attn_out(layer, resid))
             z = z.view(B, T, n_heads, head_dim)
-            w = _head_out_weights(model, layer)
+            w = head_out_weights(model, layer)
             for h0 in range(0, n_heads, per_pass):
                 hs = list(range(h0, min(h0 + per_pass, n_heads)))
                 k = len(hs)
                 diff = -z[:, :, hs] if fill is None else fill[layer, hs].to(z.dtype) - z[:, :, hs]
-                x = mid.unsqueeze(0) + torch.einsum("btkd,kde->kbte", diff, w[hs])  # [k, B, T, D]
-                x = x.reshape(k * B, T, -1)
+                x = attn.unsqueeze(0) + torch.einsum("btkd,kde->kbte", diff, w[hs])  # [k, B, T, D]
                 rows, positions = _rep_index(batch, B, k)
                 if layer == last:
-                    out = runner.mlp_half(layer, x[rows, positions])
+                    x = x.reshape(k * B, T, -1)[rows, positions]
+                    mid = runner.attn_add(layer, resid[batch.rows, batch.positions].repeat(k, 1), x)
+                    out = runner.mlp_half(layer, mid)
                 else:
+                    x = runner.attn_add(layer, resid, x).reshape(k * B, T, -1)  # resid broadcasts over k
                     x = runner.mlp_half(layer, x)
-                    if runner.can_restrict_last_block():
+                    if restrict:
                         x = runner.run(x, layer + 1, last)
                         out = runner.last_block_at(x, rows, positions)
                     else:
                         out = runner.run(x, layer + 1)[rows, positions]
                 ablated[layer, hs] = runner.losses_at(out, batch, k)
             if layer < last:
-                resid = runner.mlp_half(layer, mid)
+                resid = runner.mlp_half(layer, runner.attn_add(layer, resid, attn))
             else:
-                rows, positions = _rep_index(batch, B, 1)
-                base = runner.losses_at(runner.mlp_half(layer, mid[rows, positions]), batch, 1)[0].tolist()
+                mid = runner.attn_add(layer, resid[batch.rows, batch.positions], attn[batch.rows, batch.positions])
+                base = runner.losses_at(runner.mlp_half(layer, mid), batch, 1)[0].tolist()
         for layer in range(n_layers):
             for head in range(n_heads):
                 records += [
@@ -531,6 +338,8 @@ def knockout(
         B = batch.input_ids.shape[0]
         n_targets += B
         emb = runner.embed(batch.input_ids)
+        if n_targets == B:
+            runner.verify(batch, emb, restrict, "knockout")
         for c0 in range(0, len(chosen), per_pass):
             ks = chosen[c0 : c0 + per_pass]
             k0 = ks[0]

@@ -90,17 +90,17 @@ def per_target_mean(values: torch.Tensor, owner: torch.Tensor, n_targets: int) -
 def code_losses(model, batch: Batch, keep: torch.Tensor | None = None, fill: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over the code tokens, one value per target in the batch (float32).
 
-    Only the scored positions go through the unembedding: full-vocabulary logits for every
-    position would cost more than the rest of a small model's forward.
+    Only the scored positions go through the readout: full-vocabulary logits for every
+    position would cost more than the rest of a small model's forward. The readout is the
+    model's own (final-logit softcapping included), from `sites.layout`.
     """
     from .sites import layout
 
+    lay = layout(model)
+
     def run():
-        out = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask) if hasattr(
-            model, "model"
-        ) else model.transformer(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        hidden = out.last_hidden_state[batch.rows, batch.positions]
-        logits = layout(model).unembed(hidden).float()
+        out = lay.body(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        logits = lay.logits(out.last_hidden_state[batch.rows, batch.positions], normed=True)
         ce = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="none")
         return per_target_mean(ce, batch.owner, len(batch.target_ids))
 
