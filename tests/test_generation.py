@@ -81,7 +81,8 @@ def test_build_program_body_and_full_function():
     body = prompts.build_program(HE_ROW, "    return sum(x)\n")
     assert body == HE_ROW["starter_code"] + "    return sum(x)\n"
     full = prompts.build_program(HE_ROW, "def f(x):\n    return sum(x)\n")
-    assert full.startswith("from typing import List\n") and full.count("def f") == 1
+    # The whole prompt stays in front (its imports and helpers); the answer's definition wins.
+    assert full == HE_ROW["starter_code"] + "\ndef f(x):\n    return sum(x)\n"
     stdin_row = {**HE_ROW, "test_type": "stdin", "starter_code": ""}
     assert prompts.build_program(stdin_row, "print(1)\n") == "print(1)\n"
 

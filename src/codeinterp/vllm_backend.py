@@ -106,10 +106,13 @@ def generate_vllm(
     top_p: float,
     max_new_tokens: int,
     seed: int,
-    stop: list[str],
+    stop: list[str] | list[list[str]],
     timeout_s: float | None = None,
 ) -> list[dict]:
     """Generate `n` samples per prompt with vLLM; greedy when `temperature == 0`.
+
+    `stop` is one list of stop strings for every prompt, or one list per prompt (a
+    LiveCodeBench run mixes stdin and LeetCode problems, whose completion stops differ).
 
     Returns one dict per (prompt, sample), ordered by prompt then sample:
     `{"prompt_index", "sample_index", "token_ids", "text", "finish_reason"}` with
@@ -130,7 +133,7 @@ def generate_vllm(
         "top_p": float(top_p),
         "max_new_tokens": int(max_new_tokens),
         "seed": int(seed),
-        "stop": list(stop),
+        "stop": [list(x) if isinstance(x, (list, tuple)) else x for x in stop],
         "dtype": "float32",
     }
     with tempfile.TemporaryDirectory(prefix="codeinterp-vllm-") as tmp:

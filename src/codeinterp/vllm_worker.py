@@ -13,7 +13,7 @@ Request (JSON object):
     top_p             nucleus mass (ignored when greedy)
     max_new_tokens    generation budget per sample
     seed              sampling seed
-    stop              stop strings (may be empty)
+    stop              stop strings (may be empty) for every prompt, or one such list per prompt
     dtype             engine dtype, default "float32"
 
 Output: one JSON line per (prompt, sample), prompts in request order, samples 0..n-1:
@@ -84,8 +84,13 @@ def read_request(path: str) -> dict:
         fail(f"request field 'temperature' must be >= 0, got {req['temperature']}")
     if not 0 < req["top_p"] <= 1:
         fail(f"request field 'top_p' must be in (0, 1], got {req['top_p']}")
-    if not all(isinstance(s, str) and s for s in req["stop"]):
-        fail("request field 'stop' must be a list of non-empty strings")
+    stop = req["stop"]
+    per_prompt = bool(stop) and all(isinstance(s, list) for s in stop)
+    lists = stop if per_prompt else [stop]
+    if per_prompt and len(stop) != len(prompts):
+        fail(f"request field 'stop' has {len(stop)} lists for {len(prompts)} prompts")
+    if not all(isinstance(s, str) and s for lst in lists for s in lst):
+        fail("request field 'stop' must be a list of non-empty strings, or one such list per prompt")
     if not os.path.isdir(req["model_dir"]):
         fail(f"model directory not found: {req['model_dir']}")
     return req
@@ -117,7 +122,11 @@ def run(req: dict, out_path: str) -> None:
     )
     log(f"engine started in {time.monotonic() - t0:.1f} s")
 
-    params = _sampling_params(SamplingParams, req, greedy, n)
+    stop = req["stop"]
+    if stop and all(isinstance(s, list) for s in stop):
+        params = [_sampling_params(SamplingParams, req, greedy, n, s) for s in stop]
+    else:
+        params = _sampling_params(SamplingParams, req, greedy, n, stop)
 
     prompts = [{"prompt_token_ids": list(p)} for p in req["prompt_token_ids"]]
     t1 = time.monotonic()
@@ -146,14 +155,14 @@ def run(req: dict, out_path: str) -> None:
     os.replace(tmp, out_path)
 
 
-def _sampling_params(SamplingParams, req: dict, greedy: bool, n: int):
+def _sampling_params(SamplingParams, req: dict, greedy: bool, n: int, stop: list[str]):
     kwargs = dict(
         n=n,
         temperature=0.0 if greedy else float(req["temperature"]),
         top_p=1.0 if greedy else float(req["top_p"]),
         max_tokens=int(req["max_new_tokens"]),
         seed=int(req["seed"]),
-        stop=list(req["stop"]) or None,
+        stop=list(stop) or None,
         ignore_eos=False,
         skip_special_tokens=True,
     )
