@@ -13,6 +13,7 @@ rule head_ablation:
         kinds=config["ablation"]["kinds"],
         batch_size=config["ablation"]["batch_size"],
         heads_per_pass=config["ablation"]["heads_per_pass"],
+        config=bootstrap_params(),
     conda:
         "../envs/codeinterp.yaml"
     log:
@@ -40,6 +41,7 @@ rule knockout:
         batch_size=config["ablation"]["batch_size"],
         steps_per_pass=config["ablation"]["knockout_steps_per_pass"],
         every=config["ablation"]["knockout_every"],
+        config=bootstrap_params(),
     conda:
         "../envs/codeinterp.yaml"
     log:

@@ -3,7 +3,9 @@ import re
 from pathlib import Path
 
 import yaml
-from snakemake.utils import validate
+
+from codeinterp.config import validate_config
+from codeinterp.errors import ConfigError
 
 REPO = Path(workflow.basedir)
 DATA_DIR = REPO / "data"
@@ -14,7 +16,11 @@ DATA_DIR = REPO / "data"
 if not config:
     with open(REPO / "config.yaml") as fh:
         config.update(yaml.safe_load(fh))
-validate(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+# One line naming the key on the terminal; every problem found in logs/config.log.
+try:
+    validate_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml", "logs/config.log")
+except ConfigError as _err:
+    raise SystemExit(f"codeinterp error: {_err}") from None
 
 
 def _key_sorted(obj):
@@ -41,8 +47,8 @@ def benchmark_of(dataset):
 
 for _name in DATASETS:
     if benchmark_of(_name) not in ("humaneval", "mbpp", "mbpp-sanitized", "livecodebench"):
-        raise ValueError(
-            f"datasets.{_name}: unknown benchmark {benchmark_of(_name)!r} "
+        raise SystemExit(
+            f"codeinterp error: config: datasets.{_name}: unknown benchmark {benchmark_of(_name)!r} "
             "(set `benchmark:` to humaneval, mbpp, mbpp-sanitized or livecodebench)"
         )
 
@@ -70,6 +76,11 @@ def generation_settings(model):
 def prompt_settings(model):
     """What shapes the analysis contexts: a change here reruns targets, not generation-only settings."""
     return {"mode": config["generation"]["mode"], "chat": model_spec(model).get("chat")}
+
+
+def bootstrap_params():
+    """What confidence intervals depend on (a config-shaped dict for Bootstrap.from_config)."""
+    return {"bootstrap": config["bootstrap"], "seed": config["seed"]}
 
 
 def vllm_python():
@@ -132,4 +143,5 @@ def report_inputs(wc):
         for d in DATASETS:
             for kind, path in analysis_outputs(m, d).items():
                 inputs[f"{m}|{d}|{kind}"] = path
+            inputs[f"{m}|{d}|targets"] = f"results/{m}/{d}/targets.parquet"
     return inputs

@@ -11,6 +11,7 @@ rule layer_lens:
         ),
     params:
         batch_size=config["lens"]["batch_size"],
+        config=bootstrap_params(),
     conda:
         "../envs/codeinterp.yaml"
     log:

@@ -11,6 +11,8 @@ rule taylor_pruning:
         ),
     params:
         taylor=config["taylor"],
+        rank_by=config["ablation"]["rank_by"],
+        config=bootstrap_params(),
         checkpoint="results/{model}/{dataset}/pruning/taylor_history.partial.json",
     conda:
         "../envs/codeinterp.yaml"
@@ -25,7 +27,7 @@ rule taylor_pruning:
 
 rule taylor_vs_exact:
     input:
-        matrix="results/{model}/{dataset}/ablation/head_matrix.parquet",
+        deltas="results/{model}/{dataset}/ablation/head_deltas.parquet",
         history="results/{model}/{dataset}/pruning/taylor_history.json",
     output:
         summary=report(
@@ -49,6 +51,7 @@ rule pruned_eval:
     input:
         model=lambda wc: model_dir(wc.model),
         problems="results/datasets/{dataset}/problems.parquet",
+        targets="results/{model}/{dataset}/targets.parquet",
         matrix="results/{model}/{dataset}/ablation/head_matrix.parquet",
         history="results/{model}/{dataset}/pruning/taylor_history.json",
         verdicts="results/{model}/{dataset}/verdicts.parquet",
@@ -66,6 +69,8 @@ rule pruned_eval:
         settings=lambda wc: generation_settings(wc.model),
         vllm_python=vllm_python(),
         limits=config["evaluation"],
+        batch_size=config["ablation"]["batch_size"],
+        config=bootstrap_params(),
     conda:
         "../envs/codeinterp.yaml"
     log:

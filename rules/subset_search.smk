@@ -15,6 +15,7 @@ rule head_subset_search:
         search=config["subset_search"],
         rank_by=config["ablation"]["rank_by"],
         seed=config["seed"],
+        config=bootstrap_params(),
     conda:
         "../envs/codeinterp.yaml"
     log:

@@ -21,6 +21,8 @@ from .heads import mask_from_heads, zero_heads_in_weights
 from .models import load_model, save_canonical
 from .pruning import regime_heads
 from .sandbox import Limits
+from .uncertainty import Bootstrap, pass_at_k_summary
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ SUMMARY_SCHEMA = {
     "regime": pl.Utf8,
     "n_removed": pl.Int64,
     "heads": pl.List(pl.Utf8),
+    "n_problems": pl.Int64,
     "n_samples": pl.Int64,
     "n_passed": pl.Int64,
 }
@@ -45,51 +48,58 @@ def write_pruned_checkpoint(model_dir: str | Path, heads: list[tuple[int, int]],
     save_canonical(model, tokenizer, out_dir, source=f"pruned:{Path(model_dir).name}")
 
 
-def _generate(problems, model_dir, settings, backend, vllm_python, heads):
+def _generate(problems, model_dir, settings, backend, vllm_python, heads, fill):
     if backend == "vllm":
+        if fill is not None:
+            raise ConfigError("a pruned vLLM checkpoint can only zero heads; mean ablation needs the transformers backend")
         with tempfile.TemporaryDirectory() as tmp:
             pruned_dir = Path(tmp) / "model"
             write_pruned_checkpoint(model_dir, heads, pruned_dir)
             return run_generation(problems, pruned_dir, settings, "vllm", vllm_python)
     model, _ = load_model(model_dir)
     keep = mask_from_heads(model, heads)
-    return run_generation(problems, model_dir, settings, "transformers", keep=keep)
+    return run_generation(problems, model_dir, settings, "transformers", keep=keep, fill=fill)
+
+
+def _summary(label: str, heads: list, verdicts: pl.DataFrame, per_problem: pl.DataFrame, boot: Bootstrap) -> pl.DataFrame:
+    row = {
+        "regime": label,
+        "n_removed": len(heads),
+        "heads": [f"L{l}H{h}" for l, h in heads],
+        "n_problems": len(per_problem),
+        "n_samples": len(verdicts),
+        "n_passed": int((verdicts["status"] == "passed").sum()),
+    }
+    summary = pl.DataFrame([row], schema=SUMMARY_SCHEMA)
+    return summary.hstack(pass_at_k_summary(per_problem, boot)) if len(per_problem) else summary
 
 
 def pruned_eval(problems: pl.DataFrame, model_dir: str | Path, settings: Settings, backend: str, vllm_python: str | None,
                 limits: Limits, workers: int, ks: list[int], regimes: list[dict], delta: np.ndarray,
-                history: list[dict] | None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Verdicts of every regime (long table) and pass@k per regime."""
+                history: list[dict] | None, fill=None, regenerate_baseline: bool = False,
+                boot: Bootstrap | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Verdicts of every regime (long table) and pass@k per regime.
+
+    Removed heads are zeroed, or replaced by `fill` (their mean outputs) for mean ablation.
+    With `regenerate_baseline` the unpruned model is regenerated too (regime "none"), for
+    when the main evaluation's samples are not this model's own (replay).
+    """
     if backend == "replay":
         raise ValueError("pruned_eval needs a model backend (transformers or vllm), not replay")
+    boot = boot or Bootstrap()
+    plan = ([("none", [])] if regenerate_baseline else []) + [
+        (regime_label(r), regime_heads(delta, r, history)) for r in regimes
+    ]
     verdict_frames, summaries = [], []
-    for regime in regimes:
-        heads = regime_heads(delta, regime, history)
-        label = regime_label(regime)
+    for label, heads in plan:
         log.info("regime %s: removing %d heads", label, len(heads))
-        gens = _generate(problems, model_dir, settings, backend, vllm_python, heads)
+        gens = _generate(problems, model_dir, settings, backend, vllm_python, heads, fill if heads else None)
         verdicts, per_problem = evaluate_generations(problems, gens, limits, workers, ks)
         verdict_frames.append(verdicts.with_columns(regime=pl.lit(label)))
-        row = {
-            "regime": label,
-            "n_removed": len(heads),
-            "heads": [f"L{l}H{h}" for l, h in heads],
-            "n_samples": len(verdicts),
-            "n_passed": int((verdicts["status"] == "passed").sum()),
-        }
-        summary = pl.DataFrame([row], schema=SUMMARY_SCHEMA)
-        means = per_problem.select([pl.col(c).mean() for c in per_problem.columns if c.startswith("pass@")])
-        summaries.append(summary.hstack(means) if len(per_problem) else summary)
+        summaries.append(_summary(label, heads, verdicts, per_problem, boot))
     return pl.concat(verdict_frames, how="diagonal"), pl.concat(summaries, how="diagonal")
 
 
-def baseline_row(pass_at_k: pl.DataFrame, verdicts: pl.DataFrame) -> pl.DataFrame:
+def baseline_row(pass_at_k: pl.DataFrame, verdicts: pl.DataFrame, boot: Bootstrap | None = None) -> pl.DataFrame:
     """The unpruned model's row, from the main evaluation (nothing recomputed)."""
-    row = pl.DataFrame(
-        [{"regime": "none", "n_removed": 0, "heads": [], "n_samples": len(verdicts),
-          "n_passed": int((verdicts["status"] == "passed").sum())}],
-        schema=SUMMARY_SCHEMA,
-    )
-    means = pass_at_k.select([pl.col(c).mean() for c in pass_at_k.columns if c.startswith("pass@")])
-    return row.hstack(means) if len(pass_at_k) else row
-
+    return _summary("none", [], verdicts, pass_at_k, boot or Bootstrap())

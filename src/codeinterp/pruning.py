@@ -31,6 +31,7 @@ import torch
 
 from .heads import full_mask
 from .scoring import Target, batches, code_losses
+from .uncertainty import Bootstrap, bootstrap_means
 
 Head = tuple[int, int]
 
@@ -46,22 +47,32 @@ def _check_targets(targets: list[Target], batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def _scores_and_loss(model, targets: list[Target], batch_size: int, alive: torch.Tensor, fill=None, pad_id: int = 0):
-    """(scores [L, H] with NaN for pruned heads, mean loss over targets) at mask `alive`."""
+def _gradients(model, targets: list[Target], batch_size: int, alive: torch.Tensor, fill=None, pad_id: int = 0):
+    """Per-target mask gradients at mask `alive`: (abs-mean scores [L, H] with NaN for pruned
+    heads, signed first-order estimate of each head's removal effect [L, H], per-target losses).
+
+    Removing head h moves its mask from 1 to 0, so to first order the loss changes by
+    -dL/dxi_h: the signed estimate of the exact ablation delta is the mean over targets of
+    -grad, while Michel et al.'s importance is the mean of |grad| (an estimate of mean |delta|).
+    """
     _check_targets(targets, batch_size)
     alive = alive.detach().to(torch.float32)
-    grads = torch.zeros_like(alive, dtype=torch.float64)
-    loss_sum = 0.0
+    abs_sum = torch.zeros_like(alive, dtype=torch.float64)
+    signed_sum = torch.zeros_like(alive, dtype=torch.float64)
+    per_target: dict[str, float] = {}
     for b in batches(targets, batch_size, pad_id):
         n = len(b.target_ids)
         keep = alive.unsqueeze(0).expand(n, *alive.shape).clone().requires_grad_(True)
         losses = code_losses(model, b, keep, fill)
         (g,) = torch.autograd.grad(losses.sum(), keep)
-        grads += g.abs().sum(0).double()
-        loss_sum += float(losses.detach().double().sum())
-    scores = (grads / len(targets)).to(torch.float32)
+        abs_sum += g.abs().sum(0).double()
+        signed_sum -= g.sum(0).double()
+        per_target.update(zip(b.target_ids, losses.detach().double().tolist()))
+    scores = (abs_sum / len(targets)).to(torch.float32)
+    first_order = (signed_sum / len(targets)).to(torch.float32)
     scores[alive == 0] = float("nan")
-    return scores, loss_sum / len(targets)
+    first_order[alive == 0] = float("nan")
+    return scores, first_order, dict(sorted(per_target.items()))
 
 
 def taylor_scores(
@@ -76,7 +87,7 @@ def taylor_scores(
     """
     if alive is None:
         alive = full_mask(model)
-    scores, _ = _scores_and_loss(model, targets, batch_size, alive, fill, pad_id)
+    scores, _, _ = _gradients(model, targets, batch_size, alive, fill, pad_id)
     if normalize_layers:
         norms = torch.nan_to_num(scores, nan=0.0).norm(dim=1, keepdim=True)
         scores = scores / torch.where(norms > 0, norms, torch.ones_like(norms))
@@ -84,13 +95,20 @@ def taylor_scores(
 
 
 @torch.no_grad()
+def target_losses(model, targets: list[Target], batch_size: int, keep: torch.Tensor | None = None, fill=None,
+                  pad_id: int = 0) -> dict[str, float]:
+    """Each target's mean code-token CE under head mask `keep`, by target id (sorted)."""
+    _check_targets(targets, batch_size)
+    out: dict[str, float] = {}
+    for b in batches(targets, batch_size, pad_id):
+        out.update(zip(b.target_ids, code_losses(model, b, keep, fill).double().tolist()))
+    return dict(sorted(out.items()))
+
+
 def mean_loss(model, targets: list[Target], batch_size: int, keep: torch.Tensor | None = None, fill=None, pad_id: int = 0) -> float:
     """Mean over targets of the per-target mean code-token CE, under head mask `keep`."""
-    _check_targets(targets, batch_size)
-    total = 0.0
-    for b in batches(targets, batch_size, pad_id):
-        total += float(code_losses(model, b, keep, fill).double().sum())
-    return total / len(targets)
+    losses = target_losses(model, targets, batch_size, keep, fill, pad_id)
+    return sum(losses.values()) / len(losses)
 
 
 def _ranked(scores: np.ndarray, descending: bool) -> list[Head]:
@@ -127,8 +145,10 @@ def taylor_pruning(
     """Iterative Taylor pruning; returns the history (row 0 = unpruned model, then one row per iteration).
 
     Row i >= 1 holds the heads pruned at that step (lowest scores among alive heads, ties
-    by (layer, head)), the heads still alive, the mean loss with the new mask, and the
-    [L][H] scores the decision was made from (None for already-pruned heads). Given an
+    by (layer, head)), the heads still alive, the mean loss with the new mask and each
+    target's loss (`target_losses`), the [L][H] scores the decision was made from (None for
+    already-pruned heads) and the signed first-order estimates of removing each head at
+    that point (`first_order`, mean over targets of -dL/dxi). Given an
     earlier `history`, the alive set is rebuilt from its last row and only the missing
     iterations up to `iterations` are computed; `on_step(history)` runs after every new
     row (including row 0 when starting fresh) so the caller can persist it. Stops early
@@ -155,47 +175,105 @@ def taylor_pruning(
     if hist and (len(hist) > iterations or int(alive.sum()) == 0):
         return hist
 
-    scores, loss = _scores_and_loss(model, targets, batch_size, alive, fill, pad_id)
+    scores, first_order, losses = _gradients(model, targets, batch_size, alive, fill, pad_id)
     if not hist:
-        hist.append({"iteration": 0, "pruned": [], "alive": _alive_list(alive), "loss": loss, "scores": None})
+        hist.append({"iteration": 0, "pruned": [], "alive": _alive_list(alive), "loss": _mean(losses),
+                     "target_losses": losses, "scores": None, "first_order": None})
         if on_step:
             on_step(hist)
     while len(hist) <= iterations and int(alive.sum()) > 0:
-        order = _ranked(scores.numpy(), descending=False)
-        step = order[:prune_per_iter]
-        used = scores
+        step = _ranked(scores.numpy(), descending=False)[:prune_per_iter]
+        used, used_first_order = scores, first_order
         for l, h in step:
             alive[l, h] = 0.0
         if int(alive.sum()) > 0:
-            scores, loss = _scores_and_loss(model, targets, batch_size, alive, fill, pad_id)
+            scores, first_order, losses = _gradients(model, targets, batch_size, alive, fill, pad_id)
         else:
-            scores, loss = torch.full(shape, float("nan")), mean_loss(model, targets, batch_size, alive, fill, pad_id)
+            scores = first_order = torch.full(shape, float("nan"))
+            losses = target_losses(model, targets, batch_size, alive, fill, pad_id)
         hist.append({
             "iteration": len(hist),
             "pruned": [[l, h] for l, h in step],
             "alive": _alive_list(alive),
-            "loss": loss,
+            "loss": _mean(losses),
+            "target_losses": losses,
             "scores": _to_json_scores(used),
+            "first_order": _to_json_scores(used_first_order),
         })
         if on_step:
             on_step(hist)
     return hist
 
 
-def history_frame(history: list[dict]) -> pl.DataFrame:
-    """One row per pruning iteration: totals, loss, and the heads pruned at that step."""
+def _mean(losses: dict[str, float]) -> float:
+    return sum(losses.values()) / len(losses)
+
+
+def history_frame(history: list[dict], boot: Bootstrap | None = None) -> pl.DataFrame:
+    """One row per pruning iteration: totals, mean loss over targets with its bootstrap
+    interval (over targets), the number of targets, and the heads pruned at that step."""
+    boot = boot or Bootstrap()
     rows, total = [], 0
     for r in history:
         total += len(r["pruned"])
+        losses = np.array(list(r.get("target_losses", {}).values()), dtype=np.float64)
+        _, low, high = bootstrap_means(losses, boot)
         rows.append({
             "iteration": int(r["iteration"]),
             "n_pruned_total": total,
             "n_alive": len(r["alive"]),
             "loss": float(r["loss"]),
+            "ci_low": float(low[0]),
+            "ci_high": float(high[0]),
+            "n_targets": len(losses),
             "pruned": [head_name(l, h) for l, h in r["pruned"]],
         })
-    schema = {"iteration": pl.Int64, "n_pruned_total": pl.Int64, "n_alive": pl.Int64, "loss": pl.Float64, "pruned": pl.List(pl.Utf8)}
+    schema = {"iteration": pl.Int64, "n_pruned_total": pl.Int64, "n_alive": pl.Int64, "loss": pl.Float64,
+              "ci_low": pl.Float64, "ci_high": pl.Float64, "n_targets": pl.Int64, "pruned": pl.List(pl.Utf8)}
     return pl.DataFrame(rows, schema=schema)
+
+
+# What each Taylor-versus-exact pair compares: an estimate against the exact quantity it estimates.
+TAYLOR_PAIRS = (
+    ("importance", "taylor", "abs_delta", "Taylor score: mean over targets of |dL/dmask|",
+     "mean over targets of |delta|"),
+    ("signed", "first_order", "delta", "first-order estimate: mean over targets of -dL/dmask",
+     "mean over targets of delta"),
+)
+TAYLOR_HEADS_SCHEMA = {"layer": pl.Int64, "head": pl.Int64, "taylor": pl.Float64, "abs_delta": pl.Float64,
+                       "first_order": pl.Float64, "delta": pl.Float64, "n_targets": pl.Int64}
+
+
+def taylor_vs_exact_tables(history: list[dict], deltas: pl.DataFrame, ks=(5, 10, 20)) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Like with like: the Taylor score against mean |delta|, the signed first-order estimate
+    against the signed mean delta, from the unpruned model's gradients (history row 1) and
+    the per-target exact deltas of one ablation kind (the kind Taylor's mask used).
+
+    Returns (summary: one row per pair with the agreement statistics, heads: one row per head).
+    """
+    if len(history) < 2 or deltas.is_empty():
+        return pl.DataFrame(schema={"pair": pl.Utf8}), pl.DataFrame(schema=TAYLOR_HEADS_SCHEMA)
+    kinds = deltas["ablation"].unique().to_list()
+    if len(kinds) != 1:
+        raise ValueError(f"deltas mix ablation kinds {sorted(kinds)}: pass one kind")
+    per_head = deltas.group_by("layer", "head").agg(
+        pl.col("delta").abs().mean().alias("abs_delta"), pl.col("delta").mean(), pl.len().alias("n_targets"),
+    ).sort("layer", "head")
+    taylor = _from_json_scores(history[1]["scores"])
+    first_order = _from_json_scores(history[1]["first_order"])
+    L, H = taylor.shape
+    heads = pl.DataFrame({
+        "layer": [l for l in range(L) for _ in range(H)], "head": list(range(H)) * L,
+        "taylor": taylor.ravel(), "first_order": first_order.ravel(),
+    }).join(per_head, on=["layer", "head"], how="left").select(list(TAYLOR_HEADS_SCHEMA)).cast(TAYLOR_HEADS_SCHEMA)
+    rows = []
+    for pair, est, exact, est_text, exact_text in TAYLOR_PAIRS:
+        e = heads[est].to_numpy().reshape(L, H)
+        x = heads[exact].fill_null(np.nan).to_numpy().reshape(L, H)
+        rows.append({"pair": pair, "ablation": kinds[0], "estimate": est_text, "exact": exact_text,
+                     "n_targets": int(per_head["n_targets"].min()),
+                     **{k: float(v) for k, v in taylor_vs_exact(e, x, ks).items()}})
+    return pl.DataFrame(rows), heads
 
 
 def taylor_vs_exact(taylor: np.ndarray, exact: np.ndarray, ks=(5, 10, 20)) -> dict:

@@ -1,224 +1,274 @@
 """The `report` stage: one self-contained HTML file (Vega scripts inlined, no network needed).
 
 Inputs arrive as a mapping "model|dataset|kind" -> file, so each analysis adds its charts
-by registering a section builder for its kind in `SECTIONS`.
+by registering a section builder for its kind in `SECTIONS`. Every section opens with a
+sentence of finding computed from the data, with the number of targets (or problems) it
+averages over and a bootstrap interval, then says where the targets come from.
 """
 
 from __future__ import annotations
 
 import html
-import json
 from collections import defaultdict
 from pathlib import Path
 
-import altair as alt
+import numpy as np
 import polars as pl
 import yaml
 
 from .models import read_facts
+from .report_charts import Charts, ci, curve, fmt, heatmap, lens_chart, points, scatter, table
+from .uncertainty import Bootstrap, pass_at_k_summary
+
+LIVECODEBENCH_NOTE = "public tests only (LiveCodeBench's hidden tests are not distributed)"
 
 
-def _table(df: pl.DataFrame, float_digits: int = 3) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
-    rows = []
-    for r in df.iter_rows():
-        cells = []
-        for v in r:
-            if isinstance(v, float):
-                v = f"{v:.{float_digits}f}"
-            elif isinstance(v, list):
-                v = ", ".join(map(str, v))
-            cells.append(f"<td>{html.escape('' if v is None else str(v))}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+class Context:
+    """What every section needs: charts, bootstrap settings and what each dataset's targets are."""
+
+    def __init__(self, config: dict, targets: dict):
+        self.charts = Charts()
+        self.boot = Bootstrap.from_config(config)
+        self.config = config
+        self.targets = {k: pl.read_parquet(p) for k, p in targets.items()}
+
+    def about(self, model: str, dataset: str) -> str:
+        """`model / dataset: n targets (origin, span), N scored tokens`."""
+        name = f"{html.escape(model)} / {html.escape(dataset)}"
+        t = self.targets.get((model, dataset))
+        if t is None or not len(t):
+            return f"{name}: no targets"
+        origins = ", ".join(sorted(t["origin"].unique().to_list()))
+        span = ", ".join(sorted(t["scored"].unique().to_list())) if "scored" in t.columns else "all code"
+        tokens = int((t["code_end"] - t["code_start"]).sum())
+        mode = self.config.get("generation", {}).get("mode", "code")
+        return (f"{name}: {fmt(len(t))} targets ({html.escape(origins)}; scored span: {html.escape(span)}; "
+                f"prompt mode {html.escape(mode)}), {fmt(tokens)} scored tokens")
 
 
-class Charts:
-    """Collects chart specs; each is embedded by id and rendered by the inlined vega-embed."""
-
-    def __init__(self):
-        self.specs: list[tuple[str, dict]] = []
-
-    def add(self, chart: alt.TopLevelMixin) -> str:
-        cid = f"chart{len(self.specs)}"
-        self.specs.append((cid, chart.to_dict()))
-        return f'<div class="chart" id="{cid}"></div>'
-
-    def script(self) -> str:
-        import vl_convert as vlc
-
-        bundle = vlc.javascript_bundle().replace("</script", "<\\/script")
-        calls = "\n".join(
-            f"vegaEmbed('#{cid}', {json.dumps(spec)}, {{actions: false}});" for cid, spec in self.specs
-        )
-        return f"<script>{bundle}</script>\n<script>{calls}</script>"
+def _stacked(files: dict, column: str) -> pl.DataFrame | None:
+    """All non-empty tables of one kind, concatenated; None when every one is empty."""
+    frames = [f for f in (pl.read_parquet(p) for _, p in sorted(files.items())) if column in f.columns and len(f)]
+    return pl.concat(frames, how="diagonal") if frames else None
 
 
-def lens_chart(layers: pl.DataFrame, title: str) -> alt.Chart:
-    long = layers.select("layer", "entropy", "cross_entropy").unpivot(
-        index="layer", variable_name="statistic", value_name="nats"
-    )
-    return (
-        alt.Chart(long)
-        .mark_line(point=True)
-        .encode(x=alt.X("layer:Q", title="layer (0 = embeddings)"), y=alt.Y("nats:Q"), color="statistic:N",
-                tooltip=["layer", "statistic", alt.Tooltip("nats:Q", format=".3f")])
-        .properties(title=title, width=420, height=220)
-    )
+def _finding(text: str) -> str:
+    return f"<p class='finding'>{text}</p>"
 
 
-def _section_pass_at_k(files: dict, charts: Charts) -> str:
-    frames = []
+def _pass_at_k(files: dict, ctx: Context) -> str:
+    rows, findings = [], []
     for (m, d), path in sorted(files.items()):
         df = pl.read_parquet(path)
-        cols = [c for c in df.columns if c.startswith("pass@")]
-        summary = df.select([pl.col(c).mean() for c in cols]) if len(df) else pl.DataFrame()
-        frames.append(pl.DataFrame({"model": [m], "dataset": [d], "problems": [len(df)]}).hstack(summary) if len(df) else
-                      pl.DataFrame({"model": [m], "dataset": [d], "problems": [0]}))
-    return "<h2>pass@k</h2>" + _table(pl.concat(frames, how="diagonal"))
+        summary = pass_at_k_summary(df, ctx.boot) if len(df) else pl.DataFrame()
+        n = df["n"].unique().sort().to_list() if len(df) else []
+        row = {"model": m, "dataset": d, "problems": len(df),
+               "samples per problem": "–" if not n else (str(n[0]) if len(n) == 1 else f"{n[0]}–{n[-1]}"),
+               "tests": LIVECODEBENCH_NOTE if d.startswith("livecodebench") else "all"}
+        for c in summary.columns if len(summary) else []:
+            row[c] = summary[c][0]
+        rows.append(row)
+        if "pass@1" in summary.columns:
+            s = summary.row(0, named=True)
+            note = f"; {LIVECODEBENCH_NOTE}" if d.startswith("livecodebench") else ""
+            findings.append(f"{html.escape(m)} solves {fmt(int(df['c'].gt(0).sum()))} of {fmt(len(df))} "
+                            f"{html.escape(d)} problems; pass@1 = {ci(s['pass@1'], s['pass@1_ci_low'], s['pass@1_ci_high'])} "
+                            f"over n = {fmt(len(df))} problems{note}.")
+    return "".join(_finding(f) for f in findings) + table(pl.DataFrame(rows))
 
 
-def _section_verdicts(files: dict, charts: Charts) -> str:
+def _verdicts(files: dict, ctx: Context) -> str:
     frames = []
     for (m, d), path in sorted(files.items()):
         df = pl.read_parquet(path)
         frames.append(df.group_by("status", "isolation").len().with_columns(model=pl.lit(m), dataset=pl.lit(d)))
-    table = pl.concat(frames).pivot(on="status", index=["model", "dataset", "isolation"], values="len").fill_null(0)
-    return "<h2>Verdicts</h2><p>Samples per outcome in the sandbox, and the isolation used.</p>" + _table(table.sort("model", "dataset"))
+    both = pl.concat(frames)
+    counts = both.pivot(on="status", index=["model", "dataset", "isolation"], values="len").fill_null(0)
+    total = int(both["len"].sum())
+    passed = int(both.filter(pl.col("status") == "passed")["len"].sum())
+    text = (f"{fmt(passed)} of {fmt(total)} samples passed; a pass needs the harness's own evidence that every "
+            "test ran (a program that exits early is not passed).")
+    return _finding(text) + "<p>Samples per outcome in the sandbox, and the isolation used.</p>" + table(counts.sort("model", "dataset"))
 
 
-def _section_lens(files: dict, charts: Charts) -> str:
-    parts = ["<h2>Layer lens</h2><p>Logit-lens entropy and cross-entropy (nats) on code tokens, per layer; "
-             "the last layer is the model's own output.</p>"]
+def _lens(files: dict, ctx: Context) -> str:
+    parts = ["<p>Logit lens per layer, on the scored code tokens; each target's mean over its tokens, then the mean "
+             "over targets with a 95% bootstrap band. The last layer is the model's own output.</p>"]
     for (m, d), path in sorted(files.items()):
         layers = pl.read_parquet(path)
-        if len(layers):
-            parts.append(charts.add(lens_chart(layers, f"{m} / {d}")))
-        else:
-            parts.append(f"<p>{html.escape(m)} / {html.escape(d)}: no targets.</p>")
+        parts.append(f"<h3>{ctx.about(m, d)}</h3>")
+        if not len(layers):
+            continue
+        ce = layers["cross_entropy"].to_numpy()
+        drop = -np.diff(ce)
+        at = int(np.argmax(drop))
+        last = layers.row(len(layers) - 1, named=True)
+        parts.append(_finding(
+            f"Cross-entropy of the true token falls from {fmt(ce[0])} nats at the embeddings to "
+            f"{ci(last['cross_entropy'], last['cross_entropy_ci_low'], last['cross_entropy_ci_high'])} at the output "
+            f"(n = {fmt(last['n_targets'])} targets); the largest one-layer drop, {fmt(drop[at])} nats, is into layer {at + 1}."))
+        parts.append(ctx.charts.add(lens_chart(layers, f"{m} / {d}")))
     return "".join(parts)
 
 
-def _heatmap(matrix: pl.DataFrame, title: str) -> alt.Chart:
-    extent = max(abs(matrix["delta"].min()), abs(matrix["delta"].max()), 1e-9)
-    return (
-        alt.Chart(matrix.select("layer", "head", "delta"))
-        .mark_rect()
-        .encode(
-            x=alt.X("head:O"), y=alt.Y("layer:O", sort="descending"),
-            color=alt.Color("delta:Q", scale=alt.Scale(scheme="redblue", domain=[-extent, extent], reverse=True),
-                            title="Δ loss"),
-            tooltip=["layer", "head", alt.Tooltip("delta:Q", format=".4f")],
-        )
-        .properties(title=title, width=max(120, 22 * (matrix["head"].max() + 1)), height=max(120, 9 * (matrix["layer"].max() + 1)))
-    )
-
-
-def _section_heads(files: dict, charts: Charts) -> str:
-    parts = ["<h2>Attention heads: exact single-head ablation</h2><p>Change in mean code-token cross-entropy "
-             "when one head is removed (red: the loss rises, the head helps).</p>"]
-    tops = []
+def _heads(files: dict, ctx: Context) -> str:
+    parts = ["<p>Change in the mean code-token cross-entropy when one head is removed (red: the loss rises, the head "
+             "helps), mean over targets with a 95% bootstrap interval. Dots mark heads whose interval excludes zero; "
+             "colours saturate at the 99th percentile of |Δ|.</p>"]
     for (m, d), path in sorted(files.items()):
         df = pl.read_parquet(path)
+        parts.append(f"<h3>{ctx.about(m, d)}</h3>")
         for kind in sorted(df["ablation"].unique()) if len(df) else []:
             one = df.filter(pl.col("ablation") == kind)
-            parts.append(charts.add(_heatmap(one, f"{m} / {d}: {kind} ablation")))
-            tops.append(one.sort("delta", descending=True).head(5).select("model", "dataset", "ablation", "layer", "head", "delta"))
-    if tops:
-        parts.append("<h3>Top heads</h3>" + _table(pl.concat(tops), 4))
+            parts.append(_finding(_heads_finding(one, kind)))
+            parts.append(ctx.charts.add(heatmap(one, f"{m} / {d}: {kind} ablation")))
+            top = one.sort("delta", descending=True).head(8).select(
+                "ablation", "layer", "head", pl.col("delta").alias("Δ loss"), "ci_low", "ci_high",
+                pl.col("excludes_zero").alias("CI excludes 0"), "n_targets")
+            parts.append(table(top))
     return "".join(parts)
 
 
-def _line(df: pl.DataFrame, x: str, y: str, color: str | None, title: str, x_title: str, y_title: str) -> alt.Chart:
-    enc = dict(x=alt.X(f"{x}:Q", title=x_title), y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=False)),
-               tooltip=[x, alt.Tooltip(f"{y}:Q", format=".4f")])
-    if color:
-        enc["color"] = f"{color}:N"
-    return alt.Chart(df).mark_line(point=len(df) < 60).encode(**enc).properties(title=title, width=420, height=220)
+def _heads_finding(one: pl.DataFrame, kind: str) -> str:
+    n_heads, n = len(one), int(one["n_targets"].max())
+    sure = one.filter(pl.col("excludes_zero"))
+    best = one.sort("delta", descending=True).row(0, named=True)
+    head = f"L{best['layer']}H{best['head']}"
+    if not len(sure):
+        return (f"No head's 95% interval excludes zero under {kind} ablation with n = {fmt(n)} targets: the ranking "
+                f"is not distinguishable from noise (largest mean Δ: {head}, {ci(best['delta'], best['ci_low'], best['ci_high'])}).")
+    up = int((sure["delta"] > 0).sum())
+    best = sure.sort(pl.col("delta").abs(), descending=True).row(0, named=True)
+    head = f"L{best['layer']}H{best['head']}"
+    return (f"{fmt(len(sure))} of {fmt(n_heads)} heads have a 95% interval that excludes zero under {kind} ablation "
+            f"(n = {fmt(n)} targets; {fmt(up)} of them raise the loss when removed); the largest effect is {head}, "
+            f"Δ = {ci(best['delta'], best['ci_low'], best['ci_high'])} nats.")
 
 
-def _section_knockout(files: dict, charts: Charts) -> str:
-    parts = ["<h2>Knockout curves</h2><p>Loss as heads are removed cumulatively in order of ablation importance.</p>"]
+def _knockout(files: dict, ctx: Context) -> str:
+    parts = ["<p>Loss as heads are removed cumulatively, most or least important first (by the ranking's own "
+             "ablation), with a 95% bootstrap band over targets; log scale.</p>"]
     for (m, d), path in sorted(files.items()):
         df = pl.read_parquet(path)
-        if len(df):
-            parts.append(charts.add(_line(df.select("order", "k", "loss"), "k", "loss", "order", f"{m} / {d}", "heads removed", "loss")))
+        parts.append(f"<h3>{ctx.about(m, d)}</h3>")
+        if not len(df):
+            continue
+        if "ci_low" not in df.columns:
+            df = df.with_columns(pl.col("loss").alias("ci_low"), pl.col("loss").alias("ci_high"))
+        base = df.filter(pl.col("k") == 0).row(0, named=True)
+        steps = sorted(df["k"].unique().to_list())
+        k = steps[min(1, len(steps) - 1)]
+        at = {o: df.filter((pl.col("order") == o) & (pl.col("k") == k)).row(0, named=True) for o in ("most_first", "least_first")}
+        parts.append(_finding(
+            f"Removing the {fmt(k)} most important heads takes the loss from {fmt(base['loss'])} to "
+            f"{ci(at['most_first']['loss'], at['most_first']['ci_low'], at['most_first']['ci_high'])}; the {fmt(k)} least "
+            f"important, to {ci(at['least_first']['loss'], at['least_first']['ci_low'], at['least_first']['ci_high'])}."))
+        parts.append(ctx.charts.add(curve(df.select("order", "k", "loss", "ci_low", "ci_high"), "k", f"{m} / {d}",
+                                          "heads removed", "loss (nats)", color="order")))
     return "".join(parts)
 
 
-def _section_taylor(files: dict, charts: Charts) -> str:
-    parts = ["<h2>Taylor pruning</h2><p>Loss after each iteration of first-order Taylor pruning.</p>"]
+def _taylor(files: dict, ctx: Context) -> str:
+    parts = ["<p>Loss after each iteration of first-order Taylor pruning, with a 95% bootstrap band over targets.</p>"]
     for (m, d), path in sorted(files.items()):
         df = pl.read_parquet(path)
-        if len(df):
-            parts.append(charts.add(_line(df.select("n_pruned_total", "loss"), "n_pruned_total", "loss", None,
-                                          f"{m} / {d}", "heads pruned", "loss")))
+        parts.append(f"<h3>{ctx.about(m, d)}</h3>")
+        if not len(df):
+            continue
+        first, last = df.row(0, named=True), df.row(len(df) - 1, named=True)
+        parts.append(_finding(
+            f"After {fmt(last['iteration'])} iterations ({fmt(last['n_pruned_total'])} heads pruned) the loss is "
+            f"{ci(last['loss'], last['ci_low'], last['ci_high'])} against {fmt(first['loss'])} unpruned "
+            f"(n = {fmt(last['n_targets'])} targets)."))
+        parts.append(ctx.charts.add(curve(df.select("n_pruned_total", "loss", "ci_low", "ci_high"), "n_pruned_total",
+                                          f"{m} / {d}", "heads pruned", "loss (nats)")))
     return "".join(parts)
 
 
-def _stacked_table(files: dict, heading: str, digits: int) -> str:
-    """One table of all models and datasets, or nothing when every file is empty."""
-    frames = [f for f in (pl.read_parquet(p) for _, p in sorted(files.items())) if len(f)]
-    return heading + _table(pl.concat(frames, how="diagonal"), digits) if frames else ""
+def _taylor_vs_exact(files: dict, ctx: Context) -> str:
+    df = _stacked(files, "pair")
+    if df is None:
+        return "<p>No targets: nothing compared.</p>"
+    findings = []
+    for r in df.iter_rows(named=True):
+        findings.append(f"{html.escape(r['model'])} / {html.escape(r['dataset'])}, {html.escape(r['pair'])}: "
+                        f"{html.escape(r['estimate'])} against {html.escape(r['exact'])}: Spearman ρ = {fmt(r['spearman'])} "
+                        f"over {fmt(r['n_heads'])} heads (n = {fmt(r['n_targets'])} targets).")
+    intro = ("<p>Like with like. <b>importance</b>: Michel et al.'s Taylor score, the mean over targets of |∂L/∂mask|, "
+             "estimates the mean over targets of |Δ| (the absolute exact ablation effect per target). <b>signed</b>: the "
+             "first-order estimate of removing a head, the mean over targets of −∂L/∂mask, estimates the signed mean Δ. "
+             "Both use the ranking's own ablation (zero, or the head's mean output).</p>")
+    cols = [c for c in ("model", "dataset", "pair", "ablation", "n_heads", "n_targets", "spearman", "kendall",
+                        "top5_overlap", "top10_overlap", "top20_overlap") if c in df.columns]
+    return intro + "".join(_finding(f) for f in findings) + table(df.select(cols))
 
 
-def _section_taylor_vs_exact(files: dict, charts: Charts) -> str:
-    return _stacked_table(files, "<h2>Taylor scores versus exact ablation</h2><p>How far the cheap estimate can be "
-                          "trusted: rank correlations and top-k overlap.</p>", 3)
-
-
-def _section_taylor_scatter(files: dict, charts: Charts) -> str:
+def _taylor_scatter(files: dict, ctx: Context) -> str:
     parts = []
     for (m, d), path in sorted(files.items()):
         df = pl.read_parquet(path).drop_nulls().filter(pl.col("taylor").is_not_nan())
         if len(df):
-            chart = (alt.Chart(df.select("layer", "head", "taylor", "exact")).mark_circle()
-                     .encode(x=alt.X("exact:Q", title="exact Δ loss"), y=alt.Y("taylor:Q", title="Taylor score"),
-                             tooltip=["layer", "head", "exact", "taylor"])
-                     .properties(title=f"{m} / {d}", width=300, height=220))
-            parts.append(charts.add(chart))
+            parts.append(ctx.charts.add(scatter(df, "abs_delta", "taylor", f"{m} / {d}: importance", "mean |Δ|", "Taylor score")))
+            parts.append(ctx.charts.add(scatter(df, "delta", "first_order", f"{m} / {d}: signed", "mean Δ",
+                                                "first-order estimate")))
     return "".join(parts)
 
 
-def _section_pruned_eval(files: dict, charts: Charts) -> str:
-    parts = ["<h2>Pruned models</h2><p>pass@k after regenerating with heads removed, per regime.</p>"]
+def _pruned_eval(files: dict, ctx: Context) -> str:
+    parts = ["<p>pass@k after regenerating with heads removed, per regime, with a 95% bootstrap interval over "
+             "problems. Regime <code>none</code> is the unpruned model.</p>"]
     tables = []
     for (m, d), path in sorted(files.items()):
         df = pl.read_parquet(path)
         tables.append(df)
         if "pass@1" in df.columns and len(df):
-            chart = (alt.Chart(df.select("regime", "n_removed", "pass@1")).mark_point(filled=True, size=80)
-                     .encode(x=alt.X("n_removed:Q", title="heads removed"), y=alt.Y("pass@1:Q", scale=alt.Scale(domain=[0, 1])),
-                             color="regime:N", tooltip=["regime", "n_removed", "pass@1"])
-                     .properties(title=f"{m} / {d}", width=360, height=220))
-            parts.append(charts.add(chart))
+            base = df.filter(pl.col("regime") == "none")
+            worst = df.filter(pl.col("regime") != "none").sort("pass@1").head(1)
+            if len(base) and len(worst):
+                b, w = base.row(0, named=True), worst.row(0, named=True)
+                parts.append(_finding(
+                    f"{html.escape(m)} / {html.escape(d)}: pass@1 {ci(b['pass@1'], b['pass@1_ci_low'], b['pass@1_ci_high'])} "
+                    f"unpruned; lowest under {html.escape(w['regime'])}: {ci(w['pass@1'], w['pass@1_ci_low'], w['pass@1_ci_high'])} "
+                    f"(n = {fmt(w['n_problems'])} problems)."))
+            parts.append(ctx.charts.add(points(df, f"{m} / {d}")))
     if tables:
-        parts.append(_table(pl.concat(tables, how="diagonal").drop("heads"), 3))
+        parts.append(table(pl.concat(tables, how="diagonal").drop("heads")))
     return "".join(parts)
 
 
-def _section_subsets(files: dict, charts: Charts) -> str:
-    return _stacked_table(files, "<h2>Head subsets (CMA-ES)</h2><p>Loss with k heads removed: the CMA-ES set "
-                          "against ranked sets.</p>", 4)
+def _subsets(files: dict, ctx: Context) -> str:
+    df = _stacked(files, "method")
+    if df is None:
+        return "<p>No targets: no search.</p>"
+    findings = []
+    for (m, d), g in df.group_by("model", "dataset", maintain_order=True):
+        best = g.sort("loss").row(0, named=True)
+        findings.append(f"{html.escape(m)} / {html.escape(d)}: removing k = {fmt(best['k'])} heads costs least with the "
+                        f"{html.escape(best['method'])} set: loss {ci(best['loss'], best['ci_low'], best['ci_high'])} "
+                        f"(n = {fmt(best['n_targets'])} targets).")
+    return ("<p>Loss with k heads removed: the CMA-ES set against ranked sets.</p>" + "".join(_finding(f) for f in findings)
+            + table(df))
 
 
 SECTIONS = {
-    "pass_at_k": _section_pass_at_k,
-    "verdicts": _section_verdicts,
-    "lens_layers": _section_lens,
-    "head_matrix": _section_heads,
-    "knockout": _section_knockout,
-    "taylor_history": _section_taylor,
-    "taylor_vs_exact": _section_taylor_vs_exact,
-    "taylor_vs_exact_heads": _section_taylor_scatter,
-    "pruned_eval": _section_pruned_eval,
-    "subset_compare": _section_subsets,
+    "pass_at_k": ("pass@k", _pass_at_k),
+    "verdicts": ("Verdicts", _verdicts),
+    "lens_layers": ("Layer lens", _lens),
+    "head_matrix": ("Attention heads: exact single-head ablation", _heads),
+    "knockout": ("Knockout curves", _knockout),
+    "taylor_history": ("Taylor pruning", _taylor),
+    "taylor_vs_exact": ("Taylor scores versus exact ablation", _taylor_vs_exact),
+    "taylor_vs_exact_heads": (None, _taylor_scatter),
+    "pruned_eval": ("Pruned models", _pruned_eval),
+    "subset_compare": ("Head subsets (CMA-ES)", _subsets),
 }
 
 STYLE = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}.chart{display:inline-block;margin:.5em}
+.finding{background:#eef5ff;border-left:4px solid #3b74c4;padding:.5em .8em}.note{color:#666;font-size:.9em}
+nav ol{columns:2}h3{font-size:1em;font-weight:600;margin-top:1.5em}
 """
 
 
@@ -228,18 +278,22 @@ def build_report(inputs: dict[str, str], config: dict, out_path: str) -> None:
         if key.count("|") == 2:
             m, d, kind = key.split("|")
             by_kind[kind][(m, d)] = path
-    charts = Charts()
+    ctx = Context(config, by_kind.pop("targets", {}))
     facts = [{"model": Path(p).name, **read_facts(p).__dict__} for p in _as_list(inputs.get("models", []))]
-    body = [f"<h1>{html.escape(config.get('report', {}).get('title', 'codeinterp report'))}</h1>"]
-    body.append("<h2>Models</h2>" + _table(pl.DataFrame(facts)))
-    for kind, builder in SECTIONS.items():
+    sections = [("models", "Models", table(pl.DataFrame(facts)))]
+    for kind, (title, builder) in SECTIONS.items():
         if by_kind.get(kind):
-            body.append(builder(by_kind[kind], charts))
-    body.append("<h2>Configuration</h2><pre>" + html.escape(yaml.safe_dump(config, sort_keys=True)) + "</pre>")
-    page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>codeinterp report</title>"
-        f"<style>{STYLE}</style></head><body>{''.join(body)}{charts.script()}</body></html>"
-    )
+            body = builder(by_kind[kind], ctx)
+            if title is None and sections:  # continues the previous section
+                sections[-1] = (sections[-1][0], sections[-1][1], sections[-1][2] + body)
+            else:
+                sections.append((kind, title, body))
+    sections.append(("configuration", "Configuration", "<pre>" + html.escape(yaml.safe_dump(config, sort_keys=True)) + "</pre>"))
+    title = html.escape(config.get("report", {}).get("title", "codeinterp report"))
+    toc = "<nav><h2>Contents</h2><ol>" + "".join(f"<li><a href='#{a}'>{html.escape(t)}</a></li>" for a, t, _ in sections) + "</ol></nav>"
+    body = "".join(f"<section id='{a}'><h2>{html.escape(t)}</h2>{b}</section>" for a, t, b in sections)
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{STYLE}</style></head>"
+            f"<body><h1>{title}</h1>{toc}{body}{ctx.charts.script()}</body></html>")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

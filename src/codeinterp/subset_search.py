@@ -26,7 +26,8 @@ import polars as pl
 import torch
 
 from .heads import full_mask, mask_from_heads
-from .pruning import Head, head_name, mean_loss
+from .pruning import Head, head_name, target_losses
+from .uncertainty import Bootstrap, bootstrap_means
 from .scoring import Batch, Target, batches, code_losses
 
 
@@ -163,11 +164,15 @@ def cma_head_subset(
     }
 
 
-def compare_subsets(model, targets: list[Target], k: int, batch_size: int, sets: dict[str, list[Head]], fill=None, pad_id: int = 0) -> pl.DataFrame:
+def compare_subsets(model, targets: list[Target], k: int, batch_size: int, sets: dict[str, list[Head]], fill=None,
+                    pad_id: int = 0, boot: Bootstrap | None = None) -> pl.DataFrame:
     """Loss with each named set of k heads removed (e.g. CMA-ES, Taylor-ranked, ablation-ranked).
 
-    Columns: method, k, loss, heads (["L{l}H{h}", ...]). Every set must hold k distinct heads.
+    Columns: method, k, loss (mean over targets), ci_low, ci_high (bootstrap over targets),
+    n_targets, heads (["L{l}H{h}", ...]). Every set must hold k distinct heads. Removal is
+    zero ablation, or replacement by `fill` (mean ablation) when given.
     """
+    boot = boot or Bootstrap()
     shape = tuple(full_mask(model).shape)
     rows = []
     for method, heads in sets.items():
@@ -177,7 +182,10 @@ def compare_subsets(model, targets: list[Target], k: int, batch_size: int, sets:
         for l, h in hs:
             if not (0 <= l < shape[0] and 0 <= h < shape[1]):
                 raise ValueError(f"head set {method!r} names L{l}H{h}, outside this model's {shape[0]}x{shape[1]} heads")
-        loss = mean_loss(model, targets, batch_size, mask_from_heads(model, hs), fill, pad_id)
-        rows.append({"method": method, "k": k, "loss": loss, "heads": [head_name(l, h) for l, h in sorted(hs)]})
-    schema = {"method": pl.Utf8, "k": pl.Int64, "loss": pl.Float64, "heads": pl.List(pl.Utf8)}
+        losses = np.array(list(target_losses(model, targets, batch_size, mask_from_heads(model, hs), fill, pad_id).values()))
+        loss, low, high = bootstrap_means(losses, boot)
+        rows.append({"method": method, "k": k, "loss": float(loss[0]), "ci_low": float(low[0]), "ci_high": float(high[0]),
+                     "n_targets": len(losses), "heads": [head_name(l, h) for l, h in sorted(hs)]})
+    schema = {"method": pl.Utf8, "k": pl.Int64, "loss": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
+              "n_targets": pl.Int64, "heads": pl.List(pl.Utf8)}
     return pl.DataFrame(rows, schema=schema)

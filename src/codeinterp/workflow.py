@@ -61,6 +61,8 @@ def write_json(obj, path: str | os.PathLike) -> None:
 
 def with_ids(df: pl.DataFrame, snakemake) -> pl.DataFrame:
     """Prefix the model and dataset names, so tables from many runs concatenate safely."""
+    if df.width == 0:  # literals alone would make one row out of no table
+        return pl.DataFrame(schema={"model": pl.Utf8, "dataset": pl.Utf8})
     return df.select(
         pl.lit(snakemake.wildcards.model, dtype=pl.Utf8).alias("model"),
         pl.lit(snakemake.wildcards.dataset, dtype=pl.Utf8).alias("dataset"),
@@ -80,3 +82,56 @@ def delta_array(matrix: pl.DataFrame, kind: str):
     out = np.full((m["layer"].max() + 1, m["head"].max() + 1), np.nan)
     out[m["layer"].to_numpy(), m["head"].to_numpy()] = m["delta"].to_numpy()
     return out
+
+
+def ablation_fill(model, targets, kind: str, batch_size: int):
+    """What a removed head's output becomes: None for zero ablation, each head's mean output
+    over the targets' positions for mean ablation (the same tensor head_ablation ranks with)."""
+    if kind == "zero":
+        return None
+    if kind != "mean":
+        raise ConfigError(f"ablation kind {kind!r} is not zero or mean")
+    from .ablation import mean_head_outputs
+
+    return mean_head_outputs(model, targets, batch_size)
+
+
+def resume_key(targets, model_dir: str | os.PathLike, settings: dict) -> str:
+    """Hash of what a resumable state depends on: the targets' token ids and scored spans, the
+    model's facts and the settings. A checkpoint with another key is stale."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update((Path(model_dir) / "facts.json").read_bytes())
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    for t in targets:
+        h.update(json.dumps([t.target_id, list(t.input_ids), t.code_start, t.code_end]).encode())
+    return h.hexdigest()
+
+
+def target_facts(targets: pl.DataFrame) -> dict:
+    """What a table of results averages over: target count, scored tokens, where targets come from."""
+    origins = sorted(targets["origin"].unique().to_list()) if len(targets) else []
+    scored = "all" if "scored" not in targets.columns or not len(targets) else ",".join(sorted(targets["scored"].unique()))
+    return {
+        "n_targets": len(targets),
+        "n_scored_tokens": int((targets["code_end"] - targets["code_start"]).sum()) if len(targets) else 0,
+        "target_origin": ",".join(origins),
+        "scored_span": scored,
+    }
+
+
+def head_summary(deltas: pl.DataFrame, targets: pl.DataFrame, boot) -> pl.DataFrame:
+    """Per (ablation, layer, head): mean delta over targets, its bootstrap interval, whether the
+    interval excludes zero, the clean loss, and what the mean is over."""
+    from .uncertainty import summarise_over
+
+    summary = summarise_over(deltas, "target_id", ["ablation", "layer", "head"], "delta", boot)
+    base = deltas.group_by("ablation", "layer", "head").agg(pl.col("base_loss").mean())
+    facts = target_facts(targets)
+    out = summary.rename({"mean": "delta", "n": "n_targets"}).join(base, on=["ablation", "layer", "head"], how="left")
+    return out.with_columns(
+        pl.lit(facts["n_scored_tokens"], dtype=pl.Int64).alias("n_scored_tokens"),
+        pl.lit(facts["target_origin"], dtype=pl.Utf8).alias("target_origin"),
+        pl.lit(facts["scored_span"], dtype=pl.Utf8).alias("scored_span"),
+    ).sort("ablation", "layer", "head")

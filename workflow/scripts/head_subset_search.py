@@ -7,20 +7,23 @@ from codeinterp.models import load_model
 from codeinterp.pruning import regime_heads
 from codeinterp.scoring import targets_from_frame
 from codeinterp.subset_search import cma_head_subset, compare_subsets
-from codeinterp.workflow import delta_array, run_script, with_ids, write_json, write_parquet
+from codeinterp.uncertainty import Bootstrap
+from codeinterp.workflow import ablation_fill, delta_array, run_script, with_ids, write_json, write_parquet
 
 
 def main(smk):
-    p = smk.params.search
+    p, kind = smk.params.search, smk.params.rank_by
     model, tokenizer = load_model(smk.input.model)
     targets = targets_from_frame(pl.read_parquet(smk.input.targets))
-    delta = delta_array(pl.read_parquet(smk.input.matrix), smk.params.rank_by)
+    delta = delta_array(pl.read_parquet(smk.input.matrix), kind)
     history = json.loads(open(smk.input.history).read())["history"]
-    k = p["k"]
+    k, pad = p["k"], tokenizer.pad_token_id or 0
     result, compare = {"heads": [], "loss": None, "history": []}, pl.DataFrame()
     if targets and delta is not None:
+        # Every set is removed with the intervention the heads were ranked by.
+        fill = ablation_fill(model, targets, kind, p["batch_size"])
         result = cma_head_subset(model, targets, k, p["batch_size"], smk.params.seed, p["max_evals"],
-                                 sigma0=p["sigma0"], popsize=p["popsize"], pad_id=tokenizer.pad_token_id or 0)
+                                 sigma0=p["sigma0"], popsize=p["popsize"], fill=fill, pad_id=pad)
         taylor_order = [tuple(h) for row in history[1:] for h in row["pruned"]]
         sets = {
             "cma_es": [tuple(h) for h in result["heads"]],
@@ -30,8 +33,10 @@ def main(smk):
         }
         if len(taylor_order) >= k:
             sets["taylor_first_pruned"] = taylor_order[:k]
-        compare = compare_subsets(model, targets, k, p["batch_size"], sets, pad_id=tokenizer.pad_token_id or 0)
-    write_json({"settings": dict(p), **result}, smk.output.search)
+        compare = compare_subsets(model, targets, k, p["batch_size"], sets, fill=fill, pad_id=pad,
+                                  boot=Bootstrap.from_config(smk.params.config))
+        compare = compare.with_columns(pl.lit(kind).alias("ablation"))
+    write_json({"settings": dict(p), "ablation": kind, **result}, smk.output.search)
     write_parquet(with_ids(compare, smk), smk.output.compare)
 
 

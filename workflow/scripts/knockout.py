@@ -3,16 +3,19 @@ import polars as pl
 from codeinterp.ablation import KNOCKOUT_SCHEMA, knockout_curves
 from codeinterp.models import load_model
 from codeinterp.scoring import targets_from_frame
-from codeinterp.workflow import delta_array, run_script, with_ids, write_parquet
+from codeinterp.workflow import ablation_fill, delta_array, run_script, with_ids, write_parquet
 
 
 def main(smk):
     model, _ = load_model(smk.input.model)
     targets = targets_from_frame(pl.read_parquet(smk.input.targets))
-    deltas = delta_array(pl.read_parquet(smk.input.matrix), smk.params.rank_by)
+    kind = smk.params.rank_by
+    deltas = delta_array(pl.read_parquet(smk.input.matrix), kind)
     if targets and deltas is not None:
+        # Heads are removed the way they were ranked: zero ablation, or replaced by their mean.
+        fill = ablation_fill(model, targets, kind, smk.params.batch_size)
         curves = knockout_curves(model, targets, deltas, smk.params.batch_size, steps_per_pass=smk.params.steps_per_pass,
-                                 every=smk.params.every)
+                                 every=smk.params.every, kind=kind, fill=fill)
     else:
         curves = pl.DataFrame(schema={"order": pl.Utf8, **KNOCKOUT_SCHEMA})
     write_parquet(with_ids(curves, smk), smk.output[0])

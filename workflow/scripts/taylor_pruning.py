@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import polars as pl
@@ -6,28 +7,36 @@ import polars as pl
 from codeinterp.models import load_model
 from codeinterp.pruning import history_frame, taylor_pruning
 from codeinterp.scoring import targets_from_frame
-from codeinterp.workflow import run_script, with_ids, write_json, write_parquet
+from codeinterp.uncertainty import Bootstrap
+from codeinterp.workflow import ablation_fill, resume_key, run_script, with_ids, write_json, write_parquet
+
+log = logging.getLogger("taylor_pruning")
 
 
 def main(smk):
-    t = smk.params.taylor
+    t, kind = dict(smk.params.taylor), smk.params.rank_by
     model, tokenizer = load_model(smk.input.model)
     targets = targets_from_frame(pl.read_parquet(smk.input.targets))
-    # An interrupted run leaves its checkpoint (outside Snakemake's outputs); resume from it.
+    settings = {**t, "ablation": kind}
+    key = resume_key(targets, smk.input.model, settings)
+    # An interrupted run leaves its checkpoint (outside Snakemake's outputs); resume from it
+    # only when it was computed from exactly these targets, model and settings.
     checkpoint = Path(smk.params.checkpoint)
     previous = json.loads(checkpoint.read_text()) if checkpoint.exists() else None
-    if previous and previous.get("settings") != dict(t):
+    if previous and previous.get("key") != key:
+        log.warning("discarding stale checkpoint %s (targets, model or settings changed)", checkpoint)
         previous = None
     history = []
     if targets:
+        fill = ablation_fill(model, targets, kind, t["batch_size"])
         history = taylor_pruning(
             model, targets, t["batch_size"], t["iterations"], t["prune_per_iter"],
             history=previous["history"] if previous else None,
-            on_step=lambda h: write_json({"settings": dict(t), "history": h}, checkpoint),
-            pad_id=tokenizer.pad_token_id or 0,
+            on_step=lambda h: write_json({"key": key, "settings": settings, "history": h}, checkpoint),
+            fill=fill, pad_id=tokenizer.pad_token_id or 0,
         )
-    write_json({"settings": dict(t), "history": history}, smk.output.history)
-    write_parquet(with_ids(history_frame(history), smk), smk.output.table)
+    write_json({"key": key, "settings": settings, "history": history}, smk.output.history)
+    write_parquet(with_ids(history_frame(history, Bootstrap.from_config(smk.params.config)), smk), smk.output.table)
     checkpoint.unlink(missing_ok=True)
 
 

@@ -1,0 +1,112 @@
+"""Config validation for the workflow: one readable line per problem, the full story in a log.
+
+The schema (workflow/schemas/config.schema.yaml) checks types and keys; `check_semantics`
+checks what a schema cannot say (settings that contradict each other). Both raise
+`ConfigError` with one line that names the key, so a user sees what to fix instead of a
+60-line schema dump; the long form goes to the log file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["check_schema", "check_semantics", "validate_config"]
+
+
+def _key_path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def _one_line(error) -> str:
+    """A jsonschema ValidationError as `key.path: problem`."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in error.schema.get("properties", {}))
+        if extra and error.schema.get("additionalProperties") is False:
+            hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+            return f"{_key_path(path + [extra[0]])}: unknown key{hint}"
+    if error.validator == "required":
+        return f"{_key_path(path)}: {error.message}"
+    if error.validator == "enum":
+        return f"{_key_path(path)}: {error.instance!r} is not one of {', '.join(map(str, error.validator_value))}"
+    return f"{_key_path(path)}: {error.message}"
+
+
+def check_schema(config: dict, schema: dict) -> list[str]:
+    """Every schema violation as one line each, the most relevant first (empty when valid)."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    validator = Draft202012Validator(schema)
+    errors = list(validator.iter_errors(config))
+    if not errors:
+        return []
+    first = best_match(errors)
+    rest = [e for e in errors if e is not first]
+    return [_one_line(first)] + [_one_line(e) for e in rest]
+
+
+def _tiny_problems(name: str, spec: dict) -> list[str]:
+    from .models import check_tiny_spec
+
+    try:
+        check_tiny_spec(spec.get("tiny", {}), f"models.{name}.tiny")
+    except ConfigError as err:
+        return [str(err)]
+    return []
+
+
+def check_semantics(config: dict) -> list[str]:
+    """Contradictions between settings (config with defaults filled in), one line each."""
+    problems = []
+    gen, ev, abl = config["generation"], config["evaluation"], config["ablation"]
+    if gen["n"] > 1 and gen["temperature"] == 0:
+        problems.append(
+            f"generation.n: {gen['n']} samples per problem at temperature 0 are all the same greedy answer; "
+            "set generation.temperature > 0 or n: 1"
+        )
+    too_big = [k for k in ev["ks"] if k > gen["n"]]
+    if too_big:
+        problems.append(
+            f"evaluation.ks: k = {too_big[0]} is larger than generation.n = {gen['n']} "
+            "(pass@k needs at least k samples per problem)"
+        )
+    if abl["enabled"] and abl["rank_by"] not in abl["kinds"]:
+        problems.append(f"ablation.rank_by: {abl['rank_by']!r} is not among ablation.kinds {abl['kinds']}")
+    if (abl["rank_by"] == "mean" and config["pruned_eval"]["enabled"] and gen["backend"] == "vllm"):
+        problems.append(
+            "ablation.rank_by: mean ablation cannot be baked into a pruned vLLM checkpoint (o_proj has no bias "
+            "to hold the mean); use generation.backend: transformers or rank_by: zero"
+        )
+    for name, spec in sorted(config["models"].items()):
+        if spec.get("source") == "tiny-random":
+            problems += _tiny_problems(name, spec)
+    return problems
+
+
+def validate_config(config: dict, schema_path: str | Path, log_path: str | Path | None = None) -> None:
+    """Schema, then semantics; raises ConfigError with the first problem as one line.
+
+    Defaults are not filled in here (Snakemake's `validate` does that after this passed).
+    Every problem found is written to `log_path`, so nothing is lost by showing one.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    problems = check_schema(config, schema)
+    if not problems:
+        from snakemake.utils import validate
+
+        validate(config, str(schema_path))  # fills in defaults
+        problems = check_semantics(config)
+    if not problems:
+        return
+    if log_path is not None:
+        log = Path(log_path)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("config problems:\n" + "".join(f"- {p}\n" for p in problems))
+    more = f" (and {len(problems) - 1} more, see {log_path})" if len(problems) > 1 and log_path else ""
+    raise ConfigError(f"config: {problems[0]}{more}")

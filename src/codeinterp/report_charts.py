@@ -1,0 +1,157 @@
+"""Charts and number formatting for the HTML report.
+
+Scales are chosen so that structure stays visible: losses on a log axis (removing every
+head multiplies the loss, which would flatten the start of a knockout curve on a linear
+one), lens statistics in separate panels with their own symlog axes (the embeddings' layer
+is often an order of magnitude above the rest), and heatmap colours saturating at a robust
+extent (one outlier head must not wash out the other 269).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+
+import altair as alt
+import numpy as np
+import polars as pl
+
+__all__ = ["fmt", "ci", "table", "Charts", "lens_chart", "heatmap", "curve", "scatter", "points"]
+
+
+def fmt(value) -> str:
+    """Counts as integers, other numbers to 3 significant digits, None as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return "–"
+        if v == 0:
+            return "0"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.3g}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def ci(mean, low, high) -> str:
+    """`mean (95% CI low–high)` formatted for reading."""
+    return f"{fmt(mean)} (95% CI {fmt(low)} to {fmt(high)})"
+
+
+def table(df: pl.DataFrame, max_rows: int | None = None) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
+    rows = []
+    for r in df.head(max_rows).iter_rows() if max_rows else df.iter_rows():
+        rows.append("<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in r) + "</tr>")
+    more = f"<p class='note'>{len(df) - max_rows} more rows in the Parquet file.</p>" if max_rows and len(df) > max_rows else ""
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
+
+
+class Charts:
+    """Collects chart specs; each is embedded by id and rendered by the inlined vega-embed."""
+
+    def __init__(self):
+        self.specs: list[tuple[str, dict]] = []
+
+    def add(self, chart: alt.TopLevelMixin) -> str:
+        cid = f"chart{len(self.specs)}"
+        self.specs.append((cid, chart.to_dict()))
+        return f'<div class="chart" id="{cid}"></div>'
+
+    def script(self) -> str:
+        import vl_convert as vlc
+
+        bundle = vlc.javascript_bundle().replace("</script", "<\\/script")
+        calls = "\n".join(
+            f"vegaEmbed('#{cid}', {json.dumps(spec)}, {{actions: false}});" for cid, spec in self.specs
+        )
+        return f"<script>{bundle}</script>\n<script>{calls}</script>"
+
+
+LENS_STATISTICS = {
+    "cross_entropy": "cross-entropy of the true token (nats)",
+    "entropy": "entropy (nats)",
+    "kl_to_final": "KL to the output (nats)",
+    "top1_accuracy": "top-1 accuracy",
+}
+
+
+def lens_chart(layers: pl.DataFrame, title: str) -> alt.HConcatChart:
+    """One panel per statistic, mean over targets with its bootstrap band."""
+    panels = []
+    for stat, label in LENS_STATISTICS.items():
+        df = layers.select("layer", pl.col(stat).alias("value"), pl.col(f"{stat}_ci_low").alias("low"),
+                           pl.col(f"{stat}_ci_high").alias("high"))
+        scale = alt.Scale(domain=[0, 1]) if stat == "top1_accuracy" else alt.Scale(type="symlog")
+        base = alt.Chart(df).encode(x=alt.X("layer:Q", title="layer (0 = embeddings)"))
+        band = base.mark_area(opacity=0.25).encode(y=alt.Y("low:Q", scale=scale, title=label), y2="high:Q")
+        line = base.mark_line(point=True).encode(
+            y=alt.Y("value:Q", scale=scale),
+            tooltip=["layer", alt.Tooltip("value:Q", format=".3g"), alt.Tooltip("low:Q", format=".3g"),
+                     alt.Tooltip("high:Q", format=".3g")])
+        panels.append((band + line).properties(width=230, height=170, title=label))
+    return alt.hconcat(*panels).properties(title=title)
+
+
+def robust_extent(values: np.ndarray) -> float:
+    """Colour extent: the 99th percentile of |value|, so that one outlier does not set the scale."""
+    finite = np.abs(values[np.isfinite(values)])
+    if not len(finite):
+        return 1e-9
+    return max(float(np.quantile(finite, 0.99)), 1e-9)
+
+
+def heatmap(matrix: pl.DataFrame, title: str) -> alt.Chart:
+    extent = robust_extent(matrix["delta"].to_numpy())
+    df = matrix.select("layer", "head", "delta", "ci_low", "ci_high", "excludes_zero")
+    n_heads, n_layers = int(df["head"].max()) + 1, int(df["layer"].max()) + 1
+    base = alt.Chart(df).encode(x=alt.X("head:O"), y=alt.Y("layer:O", sort="descending"))
+    rect = base.mark_rect().encode(
+        color=alt.Color("delta:Q", title="Δ loss (nats)",
+                        scale=alt.Scale(scheme="redblue", domain=[-extent, extent], reverse=True, clamp=True)),
+        tooltip=["layer", "head", alt.Tooltip("delta:Q", format=".3g"), alt.Tooltip("ci_low:Q", format=".3g"),
+                 alt.Tooltip("ci_high:Q", format=".3g"), "excludes_zero"],
+    )
+    # A dot marks the heads whose interval excludes zero.
+    dots = base.transform_filter("datum.excludes_zero").mark_point(shape="circle", size=12, filled=True, color="black")
+    return (rect + dots).properties(title=title, width=max(120, 22 * n_heads), height=max(120, 9 * n_layers))
+
+
+def curve(df: pl.DataFrame, x: str, title: str, x_title: str, y_title: str, color: str | None = None,
+          log: bool = True) -> alt.LayerChart:
+    """A mean curve with its bootstrap band (columns `loss`, `ci_low`, `ci_high`)."""
+    scale = alt.Scale(type="log") if log and df["ci_low"].min() > 0 else alt.Scale(zero=False)
+    enc = {"color": f"{color}:N"} if color else {}
+    base = alt.Chart(df).encode(x=alt.X(f"{x}:Q", title=x_title), **enc)
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("ci_low:Q", scale=scale, title=y_title), y2="ci_high:Q")
+    line = base.mark_line(point=len(df) < 80).encode(
+        y=alt.Y("loss:Q", scale=scale),
+        tooltip=[x, alt.Tooltip("loss:Q", format=".3g"), alt.Tooltip("ci_low:Q", format=".3g"),
+                 alt.Tooltip("ci_high:Q", format=".3g")] + ([color] if color else []))
+    return (band + line).properties(title=title, width=420, height=220)
+
+
+def scatter(df: pl.DataFrame, x: str, y: str, title: str, x_title: str, y_title: str) -> alt.Chart:
+    return (alt.Chart(df.select("layer", "head", x, y)).mark_circle()
+            .encode(x=alt.X(f"{x}:Q", title=x_title), y=alt.Y(f"{y}:Q", title=y_title),
+                    tooltip=["layer", "head", alt.Tooltip(f"{x}:Q", format=".3g"), alt.Tooltip(f"{y}:Q", format=".3g")])
+            .properties(title=title, width=300, height=220))
+
+
+def points(df: pl.DataFrame, title: str) -> alt.LayerChart:
+    """pass@1 per pruning regime with its interval over problems."""
+    base = alt.Chart(df).encode(x=alt.X("n_removed:Q", title="heads removed"), color="regime:N")
+    rule = base.mark_rule().encode(y=alt.Y("pass@1_ci_low:Q", scale=alt.Scale(domain=[0, 1]), title="pass@1"),
+                                   y2="pass@1_ci_high:Q")
+    dot = base.mark_point(filled=True, size=80).encode(
+        y="pass@1:Q", tooltip=["regime", "n_removed", alt.Tooltip("pass@1:Q", format=".3g")])
+    return (rule + dot).properties(title=title, width=360, height=220)
