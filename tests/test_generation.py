@@ -99,3 +99,63 @@ def test_read_replay_jsonl_and_errors(tmp_path):
         g.read_replay(bad)
     with pytest.raises(ConfigError, match="does not exist"):
         g.read_replay(tmp_path / "missing.jsonl")
+
+
+MBPP_ROW = {"dataset": "mbpp", "problem_id": "Mbpp/1", "prompt": "Write f.\nYour code should pass these tests:\n\nassert f(1) == 2\n",
+            "entry_point": "f", "starter_code": "", "test_type": "assert"}
+STDIN_ROW = {"dataset": "livecodebench", "problem_id": "abc1", "prompt": "Print N.", "entry_point": "", "starter_code": "",
+             "test_type": "stdin"}
+
+
+def test_completion_stops_are_per_benchmark():
+    s = g.Settings(chat=False, stop=("\nEND",))
+    mbpp = "import re\ndef f(x):\n    return x + 1\n"
+    assert g.cut_at_stop(mbpp + "\nassert f(1) == 2\n", s.stops(MBPP_ROW)) == (mbpp, True)
+    stdin = "n = int(input())\nprint(n)\nprint(n)\n"
+    assert g.cut_at_stop(stdin + "```", s.stops(STDIN_ROW)) == (stdin, True)
+    assert g.cut_at_stop(stdin + "\nEND", s.stops(STDIN_ROW)) == (stdin, True)  # configured stops apply too
+    assert g.cut_at_stop("    return 1\n#x", s.stops(HE_ROW)) == ("    return 1", True)
+
+
+def test_stop_string_is_matched_in_generated_text_only(tiny_models):
+    """A prompt ending in a newline, and a stop string made of that newline + the model's
+    first generated character: the stop straddles the boundary and must not end generation."""
+    model, tok = tiny_models["llama"]
+    prompt = "def f(x):\n"
+    free = g.generate_transformers(model, tok, table_for(tok, [prompt]), g.Settings(max_new_tokens=12, chat=False, batch_size=1))
+    text = free["completion"][0]
+    stop = "\n" + text[0]
+    assert stop not in text and free["completion_tokens"][0] == 12
+    table = [{**p, "stops": [stop]} for p in table_for(tok, [prompt])]
+    stopped = g.generate_transformers(model, tok, table, g.Settings(max_new_tokens=12, chat=False, batch_size=1))
+    assert stopped["completion"][0] == text and stopped["completion_tokens"][0] == 12
+    # Inside the generated text the same criterion does stop.
+    crit = g.StopInGenerated(tok, 2, [[1]], [[text[2:4]]])
+    ids = torch.tensor([[0, 1] + tok(text, add_special_tokens=False)["input_ids"][:3]])
+    assert crit(ids, None).tolist() == [False]
+    ids = torch.tensor([[0, 1] + tok(text, add_special_tokens=False)["input_ids"][:4]])
+    assert crit(ids, None).tolist() == [True]
+
+
+def test_generation_table_records_the_ids_it_used(tiny_models):
+    model, tok = tiny_models["qwen2"]
+    problems = pl.DataFrame([HE_ROW, {**HE_ROW, "problem_id": "HumanEval/1"}])
+    s = g.Settings(max_new_tokens=8, batch_size=2, n=2, temperature=1.0, chat=True)
+    table = g.prompt_table(problems, tok, s, max_positions=4096)
+    out = g.generate_transformers(model, tok, table, s)
+    for r in out.iter_rows(named=True):
+        p = next(p for p in table if p["row"]["problem_id"] == r["problem_id"])
+        assert r["prompt_ids"] == p["ids"] and r["ids_source"] == "generated"
+        assert len(r["completion_ids"]) == r["completion_tokens"]
+        assert prompts.decode_continuation(tok, r["prompt_ids"], r["completion_ids"]).startswith(r["completion"])
+
+
+def test_prompt_table_prepends_bos_of_the_tokenizer():
+    from test_prompts import bpe_tokenizer
+
+    tok = bpe_tokenizer()
+    problems = pl.DataFrame([HE_ROW])
+    completion = g.prompt_table(problems, tok, g.Settings(chat=False, max_new_tokens=1), 4096)[0]["ids"]
+    chat = g.prompt_table(problems, tok, g.Settings(chat=True, max_new_tokens=1), 4096)[0]["ids"]
+    for ids in (completion, chat):  # the chat template writes <s> itself: still exactly one
+        assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1

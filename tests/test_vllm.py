@@ -215,3 +215,49 @@ def test_pruned_generation_tables_equal_across_backends(tmp_path):
     via_vllm = pruned._generate(problems, tmp_path / "base", settings, "vllm", VLLM_PYTHON, removed)
     via_hook = pruned._generate(problems, tmp_path / "base", settings, "transformers", None, removed)
     assert via_vllm.drop("seconds", "backend").equals(via_hook.drop("seconds", "backend"))
+
+
+def test_worker_checks_per_prompt_stop_lists(tmp_path):
+    """One stop list per prompt (LiveCodeBench mixes stdin and LeetCode problems)."""
+    import importlib.util
+    import sys
+
+    with pytest.raises(RuntimeError, match="'stop' has 1 lists for 2 prompts"):
+        generate_vllm(sys.executable, str(tmp_path), [[1, 2], [3]], 1, 0.0, 1.0, 4, 0, [["a"]])
+    with pytest.raises(RuntimeError, match="non-empty strings"):
+        generate_vllm(sys.executable, str(tmp_path), [[1, 2], [3]], 1, 0.0, 1.0, 4, 0, [["a"], [""]])
+    if importlib.util.find_spec("vllm") is None:  # valid request: fails only at `import vllm`
+        with pytest.raises(RuntimeError, match="No module named 'vllm'"):
+            generate_vllm(sys.executable, str(tmp_path), [[1, 2], [3]], 1, 0.0, 1.0, 4, 0, [["a"], ["b", "c"]])
+
+
+def test_vllm_table_records_ids_and_cuts_per_prompt(monkeypatch, tmp_path):
+    """The vLLM path of `generation`: per-prompt stops go to the worker, the table keeps the
+    prompt and generated ids and cuts the text at that prompt's own stops."""
+    import polars as pl
+
+    from codeinterp import generation, vllm_backend
+    from codeinterp.models import byte_tokenizer
+
+    tok = byte_tokenizer()
+    he = {"dataset": "humaneval", "problem_id": "HumanEval/0", "prompt": "def f():\n", "entry_point": "f",
+          "starter_code": "def f():\n", "test_type": "assert"}
+    stdin = {"dataset": "livecodebench", "problem_id": "abc1", "prompt": "Print 1.", "entry_point": "",
+             "starter_code": "", "test_type": "stdin"}
+    settings = generation.Settings(chat=False, max_new_tokens=32)
+    table = generation.prompt_table(pl.DataFrame([he, stdin]), tok, settings, 4096)
+    texts = ["    return 1\nprint(f())\n", "print(1)\nprint(2)\n```\nThat prints 1."]
+    seen = {}
+
+    def fake_worker(**kw):
+        seen.update(kw)
+        return [{"prompt_index": i, "sample_index": 0, "token_ids": tok(t, add_special_tokens=False)["input_ids"],
+                 "text": t, "finish_reason": "stop"} for i, t in enumerate(texts)]
+
+    monkeypatch.setattr(vllm_backend, "generate_vllm", fake_worker)
+    out = generation.generate_vllm(str(tmp_path), tok, table, settings, "python")
+    assert seen["stop"] == [["\nclass", "\ndef", "\n#", "\nif", "\nprint"], ["```"]]
+    assert out["completion"].to_list() == ["    return 1", "print(1)\nprint(2)\n"]
+    assert out["prompt_ids"].to_list() == [p["ids"] for p in table]
+    assert out["completion_ids"].to_list() == [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    assert out["program"].to_list() == ["def f():\n    return 1", "print(1)\nprint(2)\n"]
