@@ -18,6 +18,7 @@ from codeinterp.evaluation import (
     check_program,
     evaluate_many,
     normalize_output,
+    outputs_match,
     pass_at_k,
     pass_at_k_table,
 )
@@ -98,7 +99,36 @@ def test_stdin_passed(limits):
 def test_stdin_normalisation():
     assert normalize_output("1 \n2\t\n\n\n") == normalize_output("1\n2") == "1\n2"
     assert normalize_output("a\r\nb\r\n") == "a\nb"
-    assert normalize_output("\n1") != normalize_output("1")  # leading lines matter
+    # LiveCodeBench strips the whole output and every line (get_stripped_lines)
+    assert normalize_output("\n1") == normalize_output("1") == normalize_output("  1  \n")
+    assert normalize_output(" 1 2 \n  3") == "1 2\n3"
+
+
+@pytest.mark.parametrize("got,expected,ok", [
+    ("1.50\n", "1.5", True),  # decimals, not text
+    ("1.5 2\n", "1.50 2.0", True),
+    ("0.333", "0.3333333", False),  # no tolerance: LCB compares Decimal values exactly
+    ("1e3", "1000", True),  # Decimal('1e3') == Decimal('1000')
+    ("Yes", "Yes\n", True),
+    ("yes", "Yes", False),
+    ("1  2", "1 2", True),  # inner whitespace: token split
+    ("1\n2", "1 2", False),  # line structure matters
+    ("1\n\n2", "1\n2", False),  # so do empty lines inside
+    ("", "", True),
+    ("", "0", False),
+    ("nan", "NaN", True),  # Decimal('nan') compares unequal, but ... see below
+])
+def test_outputs_match_lcb(got, expected, ok):
+    if got == "nan":  # Decimal NaN != NaN, so LCB calls this a wrong answer
+        ok = False
+    assert outputs_match(got, expected)[0] is ok
+
+
+def test_stdin_decimal_output_passes(limits):
+    v = check_program("print('%.2f' % 1.5)", "stdin", json.dumps([{"input": "", "output": "1.5\n"}]), limits)
+    assert v.status == "passed", v
+    v = check_program("print(1.51)", "stdin", json.dumps([{"input": "", "output": "1.5\n"}]), limits)
+    assert v.status == "failed" and "line 1" in v.message, v
 
 
 def test_stdin_wrong_output_names_case(limits):

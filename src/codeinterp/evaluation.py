@@ -1,29 +1,45 @@
 """Execute generated programs against their tests and compute pass@k.
 
-All execution goes through :mod:`codeinterp.sandbox`.  Verdict statuses:
+All execution goes through :mod:`codeinterp.sandbox`.
 
-* ``passed``  -- exit code 0 (and, for stdin tests, every expected output matched)
-* ``failed``  -- an ``AssertionError`` or a wrong stdout
+* Assert-style tests (HumanEval, MBPP, LeetCode-style LiveCodeBench) run under
+  the driver of :mod:`codeinterp.harness`: the program is loaded as a module
+  that is not ``__main__``, the tests run against it, and only then does the
+  driver write a record derived from a per-run secret token on a separate
+  pipe.  ``passed`` needs exactly that record and exit status 0 -- positive
+  evidence that every test ran; an exit status alone proves nothing.
+* Stdin programs (AtCoder-style LiveCodeBench) run as ``__main__`` and are
+  judged by their stdout, compared as LiveCodeBench's grader does
+  (``outputs_match``).
+
+Verdict statuses:
+
+* ``passed``  -- assert: the driver's success record; stdin: every output matched
+* ``failed``  -- an ``AssertionError`` in the tests or a wrong stdout
 * ``timeout`` -- wall-clock timeout or CPU-time limit
 * ``memory``  -- ``MemoryError`` (address-space limit) or an out-of-memory abort
 * ``error``   -- anything else: other exceptions, syntax errors, death by a
-  signal, output limit exceeded, nonzero exit without a traceback
+  signal, output limit exceeded, exiting before the tests finished, a nonzero
+  exit without a traceback
 """
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
 import signal
+from decimal import Decimal, InvalidOperation
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
 
+from codeinterp import harness
 from codeinterp.sandbox import Limits, RunResult, isolation_available, run_python
 
 __all__ = ["Verdict", "STATUSES", "check_program", "evaluate_many", "pass_at_k", "pass_at_k_table",
-           "normalize_output"]
+           "normalize_output", "outputs_match"]
 
 STATUSES = ("passed", "failed", "timeout", "memory", "error")
 _MESSAGE_CHARS = 300
@@ -76,21 +92,73 @@ def _classify(r: RunResult) -> tuple[str, str] | None:
 
 
 def normalize_output(text: str) -> str:
-    """Strip trailing whitespace on each line and drop trailing empty lines (LiveCodeBench)."""
-    lines = [ln.rstrip() for ln in text.replace("\r\n", "\n").split("\n")]
-    while lines and not lines[-1]:
-        lines.pop()
-    return "\n".join(lines)
+    """Strip the whole output and each of its lines (LiveCodeBench's ``get_stripped_lines``)."""
+    return "\n".join(line.strip() for line in text.replace("\r\n", "\n").strip().split("\n"))
+
+
+def _decimals(line: str) -> list[Decimal] | None:
+    try:
+        return [Decimal(tok) for tok in line.split()]
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def outputs_match(got: str, expected: str) -> tuple[bool, str]:
+    """LiveCodeBench's stdout comparison (lcb_runner/evaluation/testing_util.py, ``grade_stdio``).
+
+    Both outputs are stripped as a whole and line by line; the line counts must
+    agree; a line that differs as text still matches when both split into the
+    same decimals (``1.50`` equals ``1.5``; not a tolerance: ``0.333`` is not
+    ``1/3``).  Returns (match, reason when not).
+    """
+    got_lines = normalize_output(got).split("\n")
+    want_lines = normalize_output(expected).split("\n")
+    if len(got_lines) != len(want_lines):
+        return False, f"wrong output: {len(got_lines)} line(s), expected {len(want_lines)}"
+    for i, (g, w) in enumerate(zip(got_lines, want_lines)):
+        if g == w:
+            continue
+        dg, dw = _decimals(g), _decimals(w)
+        if dg is None or dw is None or dg != dw:
+            return False, f"wrong output at line {i + 1}: got {g[:80]!r}, expected {w[:80]!r}"
+    return True, ""
+
+
+def _judge_driver(r: RunResult, token: str) -> tuple[str, str]:
+    """Verdict of a driver run: passed only with exactly the success record and exit status 0."""
+    lines = r.record.splitlines()
+    if r.timed_out or r.output_truncated:
+        return _classify(r)
+    if r.returncode == 0 and r.record == harness.pass_record(token) + "\n":
+        return "passed", ""
+    # a failure record of the driver says best what happened (forging one only hurts the program)
+    if len(lines) == 1:
+        try:
+            rec = json.loads(lines[0])
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict) and rec.get("status") in ("failed", "error", "memory") \
+                and isinstance(rec.get("message"), str):
+            return rec["status"], rec["message"]
+    bad = _classify(r)
+    if bad and bad[0] == "memory":
+        return bad
+    if r.returncode is not None and r.returncode >= 0:
+        if lines:
+            return "error", f"no valid evidence that the tests ran (exit status {r.returncode})"
+        return "error", f"exited before tests finished (status {r.returncode})"
+    return bad if bad else ("error", "program did not run")
 
 
 def check_program(program: str, test_type: str, tests: str, limits: Limits) -> Verdict:
     """Run ``program`` against ``tests`` (a JSON string) in the sandbox and return its verdict."""
     if test_type == "assert":
         spec = json.loads(tests)
-        source = (spec.get("setup") or "") + "\n" + program + "\n\n" + (spec.get("script") or "") + "\n"
-        r = run_python(source, "", limits)
-        bad = _classify(r)
-        status, message = bad if bad else ("passed", "")
+        token = secrets.token_hex(16)
+        job = harness.job(spec.get("setup") or "", program, spec.get("script") or "", token,
+                          spec.get("entry_point") or "")
+        r = run_python(harness.driver_source(), job, limits, record=True)
+        status, message = _judge_driver(r, token)
         return Verdict(status, _cap(message), r.isolation, r.seconds)
     if test_type == "stdin":
         cases = json.loads(tests)
@@ -104,10 +172,9 @@ def check_program(program: str, test_type: str, tests: str, limits: Limits) -> V
             bad = _classify(r)
             if bad:
                 return Verdict(bad[0], _cap(f"case {i}: {bad[1]}"), isolation, round(seconds, 4))
-            if normalize_output(r.stdout) != normalize_output(case.get("output", "")):
-                got = normalize_output(r.stdout)
-                return Verdict("failed", _cap(f"case {i}: wrong output (got {got[:120]!r})"),
-                               isolation, round(seconds, 4))
+            ok, why = outputs_match(r.stdout, case.get("output", ""))
+            if not ok:
+                return Verdict("failed", _cap(f"case {i}: {why}"), isolation, round(seconds, 4))
         if not cases:
             isolation = isolation_available() if limits.isolation == "auto" else limits.isolation
         return Verdict("passed", "", isolation, round(seconds, 4))

@@ -76,6 +76,8 @@ _UID_POOL = 4096  # leased machine-wide (see _acquire_uid), so all processes sha
 # every process of this host agrees on them.
 _LOCK_DIRS = ("/run/codeinterp-uids", "/tmp/.codeinterp-uids-0")
 _TOKEN_VAR = "CODEINTERP_SANDBOX_RUN"
+RECORD_FD = 3  # run_python(record=True): the write end of a pipe the parent reads, in the program
+_RECORD_CAP = 4096
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -97,6 +99,7 @@ class RunResult:
     output_truncated: bool  # stdout or stderr exceeded the cap; program killed
     seconds: float
     isolation: str  # "bwrap" or "rlimits"
+    record: str = ""  # what the program wrote on RECORD_FD (run_python(record=True)), capped
 
 
 # --------------------------------------------------------------------------
@@ -112,6 +115,12 @@ try:
             ctypes.CDLL(None, use_errno=True).unshare(0x40000000)  # CLONE_NEWNET
         except Exception:
             pass
+    if cfg["record_fd"] is not None:
+        src, dst = cfg["record_fd"]
+        if src != dst:
+            os.dup2(src, dst)
+            os.close(src)
+        os.set_inheritable(dst, True)
     if cfg["uid"] is not None:
         os.setgroups([])
         os.setgid(cfg["uid"])
@@ -132,8 +141,9 @@ except BaseException as exc:
 """
 
 
-def _launcher_argv(target: list[str], uid: int | None, rlimits: list, unshare_net: bool) -> list[str]:
-    cfg = {"argv": target, "uid": uid, "rlimits": rlimits, "unshare_net": unshare_net}
+def _launcher_argv(target: list[str], uid: int | None, rlimits: list, unshare_net: bool,
+                   record_fd: tuple[int, int] | None = None) -> list[str]:
+    cfg = {"argv": target, "uid": uid, "rlimits": rlimits, "unshare_net": unshare_net, "record_fd": record_fd}
     return [sys.executable, "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(cfg)]
 
 
@@ -546,8 +556,14 @@ def _rmtree(path: str) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_python(source: str, stdin: str = "", limits: Limits = Limits()) -> RunResult:
-    """Run ``source`` as a Python program in the sandbox; never raises for program faults."""
+def run_python(source: str, stdin: str = "", limits: Limits = Limits(), *, record: bool = False) -> RunResult:
+    """Run ``source`` as a Python program in the sandbox; never raises for program faults.
+
+    ``record=True``: the program also gets the write end of a pipe as file
+    descriptor ``RECORD_FD``; what it writes there (at most 4 KiB) comes back
+    as ``RunResult.record`` -- a channel apart from stdout/stderr, used by the
+    test driver (``codeinterp.harness``) for its evidence.
+    """
     isolation = _resolve_isolation(limits.isolation)
     probe = _get_probe()
     start = time.monotonic()
@@ -583,9 +599,19 @@ def run_python(source: str, stdin: str = "", limits: Limits = Limits()) -> RunRe
             target = _bwrap_prefix(rundir) + program
         else:
             target = program
-        argv = _launcher_argv(target, uid, _rlimits(limits, uid),
-                              unshare_net=(isolation == "rlimits" and os.geteuid() == 0))
-        return _execute(argv, rundir, env, stdin_file, limits, isolation, uid, token.encode(), start)
+        rec = list(os.pipe()) if record else None
+        try:
+            argv = _launcher_argv(target, uid, _rlimits(limits, uid),
+                                  unshare_net=(isolation == "rlimits" and os.geteuid() == 0),
+                                  record_fd=(rec[1], RECORD_FD) if rec else None)
+            return _execute(argv, rundir, env, stdin_file, limits, isolation, uid, token.encode(), start, rec)
+        finally:
+            if rec:
+                for fd in rec:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
     finally:
         if stdin_file is not None:
             stdin_file.close()
@@ -595,16 +621,22 @@ def run_python(source: str, stdin: str = "", limits: Limits = Limits()) -> RunRe
             lease.release()
 
 
-def _execute(argv, rundir, env, stdin_file, limits, isolation, uid, token, start) -> RunResult:
+def _execute(argv, rundir, env, stdin_file, limits, isolation, uid, token, start, rec=None) -> RunResult:
     try:
         proc = subprocess.Popen(argv, cwd=rundir, env=env, stdin=stdin_file, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+                                stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                                pass_fds=(rec[1],) if rec else ())
     except OSError as exc:
         return RunResult(None, "", f"sandbox could not start: {exc}", False, False,
                          time.monotonic() - start, isolation)
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
-    cap = max(0, int(limits.output_bytes))
+    caps = {out_fd: max(0, int(limits.output_bytes)), err_fd: max(0, int(limits.output_bytes))}
+    if rec:
+        os.close(rec[1])  # only the program holds the write end now: EOF once it is gone
+        rec[1] = -1
+        bufs[rec[0]] = bytearray()
+        caps[rec[0]] = _RECORD_CAP
     truncated = timed_out = False
     deadline = start + limits.timeout_s
     sel = selectors.DefaultSelector()
@@ -626,9 +658,9 @@ def _execute(argv, rundir, env, stdin_file, limits, isolation, uid, token, start
                 sel.unregister(fd)
                 continue
             buf = bufs[fd]
-            room = cap - len(buf)
+            room = caps[fd] - len(buf)
             buf += chunk[:max(0, room)]
-            if len(chunk) > room:
+            if len(chunk) > room and fd in (out_fd, err_fd):
                 truncated = True
 
     try:
@@ -669,6 +701,7 @@ def _execute(argv, rundir, env, stdin_file, limits, isolation, uid, token, start
         output_truncated=truncated,
         seconds=round(time.monotonic() - start, 4),
         isolation=isolation,
+        record=bufs[rec[0]].decode("utf-8", "replace") if rec else "",
     )
 
 
