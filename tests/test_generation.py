@@ -119,22 +119,23 @@ def test_completion_stops_are_per_benchmark():
 
 def test_stop_string_is_matched_in_generated_text_only(tiny_models):
     """A prompt ending in a newline, and a stop string made of that newline + the model's
-    first generated character: the stop straddles the boundary and must not end generation."""
+    first generated character: the stop straddles the boundary and must not end generation
+    (transformers' `stop_strings` ended it after one token)."""
     model, tok = tiny_models["llama"]
-    prompt = "def f(x):\n"
-    free = g.generate_transformers(model, tok, table_for(tok, [prompt]), g.Settings(max_new_tokens=12, chat=False, batch_size=1))
+    prompt = "import os\n"
+    free = g.generate_transformers(model, tok, table_for(tok, [prompt]), g.Settings(max_new_tokens=12, mode="reasoning", batch_size=1))
     text = free["completion"][0]
     stop = "\n" + text[0]
-    assert stop not in text and free["completion_tokens"][0] == 12
-    table = [{**p, "stops": [stop]} for p in table_for(tok, [prompt])]
-    stopped = g.generate_transformers(model, tok, table, g.Settings(max_new_tokens=12, chat=False, batch_size=1))
+    assert text[0] == "$" and stop not in text and free["completion_tokens"][0] == 12
+    s = g.Settings(max_new_tokens=12, mode="reasoning", batch_size=1, stop=(stop,))
+    stopped = g.generate_transformers(model, tok, table_for(tok, [prompt]), s)
     assert stopped["completion"][0] == text and stopped["completion_tokens"][0] == 12
-    # Inside the generated text the same criterion does stop.
-    crit = g.StopInGenerated(tok, 2, [[1]], [[text[2:4]]])
-    ids = torch.tensor([[0, 1] + tok(text, add_special_tokens=False)["input_ids"][:3]])
-    assert crit(ids, None).tolist() == [False]
-    ids = torch.tensor([[0, 1] + tok(text, add_special_tokens=False)["input_ids"][:4]])
-    assert crit(ids, None).tolist() == [True]
+    # The criterion itself: "\n#" straddling the prompt does not stop, inside the generated text it does.
+    before = tok("x\n", add_special_tokens=False)["input_ids"]
+    gen = tok("#ab\n#c", add_special_tokens=False)["input_ids"]
+    crit = g.StopInGenerated(tok, len(before), [before], [["\n#"]])
+    fired = [crit(torch.tensor([before + gen[:k]]), None).item() for k in range(1, len(gen) + 1)]
+    assert fired == [False, False, False, False, True, True]
 
 
 def test_generation_table_records_the_ids_it_used(tiny_models):
