@@ -95,7 +95,7 @@ def test_pruning_history_rows_and_frame(tiny_models):
         assert row["loss"] == pytest.approx(pruning.mean_loss(model, targets, 3, keep), abs=1e-5)
     json.dumps(hist, allow_nan=False)  # persistable as strict JSON
     df = pruning.history_frame(hist)
-    assert df.columns == ["iteration", "n_pruned_total", "n_alive", "loss", "pruned"]
+    assert df.columns == ["iteration", "n_pruned_total", "n_alive", "loss", "ci_low", "ci_high", "n_targets", "pruned"]
     assert df["n_pruned_total"].to_list() == [0, 2, 4, 6]
     assert df["n_alive"].to_list() == [12, 10, 8, 6]
     assert df["pruned"][1].to_list() == [f"L{l}H{h}" for l, h in hist[1]["pruned"]]
@@ -227,3 +227,72 @@ def test_regime_heads_rejects_bad_regimes(regime, history, match):
     with pytest.raises(ValueError, match=match) as err:
         pruning.regime_heads(DELTA, regime, history)
     assert repr(regime) in str(err.value)
+
+
+# ---------------------------------------------------------------- like with like
+
+
+def test_first_order_estimate_is_mean_minus_gradient(tiny_models):
+    model, tok = tiny_models["llama"]
+    targets = make_targets(tok)
+    hist = pruning.taylor_pruning(model, targets, batch_size=2, iterations=1, prune_per_iter=1)
+    first_order = np.array(hist[1]["first_order"], dtype=float)
+    ref_model = copy.deepcopy(model).double()
+    eps = 1e-3
+    for layer, head in [(0, 1), (2, 3)]:
+        signed = []
+        for t in targets:
+            up, down = torch.ones(3, 4, dtype=torch.float64), torch.ones(3, 4, dtype=torch.float64)
+            up[layer, head] += eps
+            down[layer, head] -= eps
+            signed.append(-(reference_target_loss(ref_model, t, up) - reference_target_loss(ref_model, t, down)) / (2 * eps))
+        # Per-target gradients of both signs cancel in the mean: tolerance on their scale.
+        assert first_order[layer, head] == pytest.approx(np.mean(signed), abs=5e-3 * np.mean(np.abs(signed)))
+    # The per-target losses behind every loss in the history are kept, for intervals.
+    assert sorted(hist[0]["target_losses"]) == sorted(t.target_id for t in targets)
+    assert hist[1]["loss"] == pytest.approx(np.mean(list(hist[1]["target_losses"].values())))
+
+
+def test_taylor_vs_exact_pairs_each_estimate_with_what_it_estimates():
+    import polars as pl
+
+    # Head (0, 0) flips sign between targets: large mean |delta|, zero mean delta. Head (0, 1)
+    # is small and consistent. Estimates that equal their exact quantities must agree perfectly
+    # within each pair, whichever head is "larger".
+    per_target = {(0, 0): [1.0, -1.0], (0, 1): [0.1, 0.1], (0, 2): [0.3, 0.5]}
+    rows = [{"ablation": "zero", "layer": l, "head": h, "target_id": f"t{i}", "delta": d}
+            for (l, h), ds in per_target.items() for i, d in enumerate(ds)]
+    deltas = pl.DataFrame(rows)
+    abs_mean = [[float(np.mean(np.abs(per_target[(0, h)]))) for h in range(3)]]
+    signed_mean = [[float(np.mean(per_target[(0, h)])) for h in range(3)]]
+    history = [{"iteration": 0}, {"iteration": 1, "scores": abs_mean, "first_order": signed_mean}]
+    summary, heads_table = pruning.taylor_vs_exact_tables(history, deltas, ks=(1,))
+    by_pair = {r["pair"]: r for r in summary.iter_rows(named=True)}
+    assert by_pair["importance"]["spearman"] == pytest.approx(1.0)
+    assert by_pair["signed"]["spearman"] == pytest.approx(1.0)
+    assert by_pair["importance"]["top1_overlap"] == by_pair["signed"]["top1_overlap"] == 1.0
+    assert by_pair["importance"]["n_targets"] == 2
+    assert heads_table.filter((pl.col("head") == 0))["abs_delta"][0] == 1.0
+    assert heads_table.filter((pl.col("head") == 0))["delta"][0] == 0.0
+
+
+def test_history_frame_has_intervals_over_targets(tiny_models):
+    model, tok = tiny_models["llama"]
+    hist = pruning.taylor_pruning(model, make_targets(tok), batch_size=2, iterations=2, prune_per_iter=2)
+    df = pruning.history_frame(hist)
+    assert df["n_targets"].to_list() == [3, 3, 3]
+    assert (df["ci_low"] <= df["loss"]).all() and (df["loss"] <= df["ci_high"]).all()
+
+
+def test_mean_ablation_pruning_replaces_heads_by_their_mean(tiny_models):
+    """Taylor's first step under mean fill, removing one head, gives the loss of exact mean ablation."""
+    from codeinterp.ablation import head_ablation, mean_head_outputs
+
+    model, tok = tiny_models["llama"]
+    targets = make_targets(tok)
+    fill = mean_head_outputs(model, targets, 2)
+    hist = pruning.taylor_pruning(model, targets, batch_size=2, iterations=1, prune_per_iter=1, fill=fill)
+    (layer, head), = hist[1]["pruned"]
+    exact = head_ablation(model, targets, "mean", 2, fill=fill)
+    one = exact.filter((exact["layer"] == layer) & (exact["head"] == head))
+    assert hist[1]["loss"] == pytest.approx(float(one["ablated_loss"].mean()), rel=1e-5)
