@@ -80,8 +80,9 @@ def test_tests_json_format(frames):
         for row in df.iter_rows(named=True):
             tests = json.loads(row["tests"])
             if row["test_type"] == "assert":
-                assert set(tests) == {"setup", "script"}, (name, row["problem_id"])
+                assert set(tests) == {"setup", "script", "entry_point"}, (name, row["problem_id"])
                 assert isinstance(tests["setup"], str) and tests["script"].strip()
+                assert tests["entry_point"] == row["entry_point"], (name, row["problem_id"])
             else:
                 assert isinstance(tests, list) and tests
                 assert all(set(t) == {"input", "output"} for t in tests)
@@ -246,6 +247,27 @@ def test_leetcode_script_format(frames):
         stub = row["starter_code"].rstrip() + "\n        return None\n"
         proc = _run_assert(stub, row["tests"])
         assert proc.returncode == 1 and "AssertionError: case 0" in proc.stderr, (row["problem_id"], proc.stderr)
+
+
+def test_leetcode_setup_is_livecodebench_prelude():
+    """LCB's import_string, in LCB's order: star imports, then builtins again, then typing."""
+    setup = datasets.LEETCODE_SETUP
+    lines = setup.splitlines()
+    assert lines[0] == "from string import *" and lines[-1] == "sys.setrecursionlimit(50000)"
+    stars = [ln.split()[1] for ln in lines if ln.startswith("from ")]
+    assert stars == ["string", "re", "datetime", "collections", "heapq", "bisect", "copy", "math", "random",
+                     "statistics", "itertools", "functools", "operator", "io", "sys", "json", "builtins",
+                     "typing"]
+    ns: dict = {}
+    exec(setup, ns)
+    import builtins
+
+    # from math/operator/sys import * shadow pow/abs/exit; from builtins import * undoes it
+    assert ns["pow"] is builtins.pow and ns["pow"](3, 4, 5) == 1
+    assert ns["abs"] is builtins.abs and ns["exit"] is builtins.exit
+    for name in ("List", "Optional", "defaultdict", "Counter", "deque", "heappush", "bisect_left", "inf", "gcd",
+                 "lru_cache", "accumulate", "ascii_lowercase", "deepcopy", "reduce", "comb"):
+        assert name in ns, name
 
 
 # --------------------------------------------------------------------------- evaluation self-test

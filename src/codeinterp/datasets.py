@@ -21,11 +21,18 @@ source_index        Int64    0-based row order in the source file
 
 Test formats (consumed by ``codeinterp.evaluation``):
 
-* ``test_type == "assert"``: ``tests`` is ``{"setup": str, "script": str}``. The runner
-  executes the single file ``setup + "\\n" + program + "\\n\\n" + script``; the program
-  passes iff the exit code is 0.
+* ``test_type == "assert"``: ``tests`` is ``{"setup": str, "script": str, "entry_point": str}``
+  (``entry_point`` may be missing or ""). The driver of ``codeinterp.harness`` runs
+  ``setup`` (trusted) and then the program in one module named ``solution`` (so a
+  program's ``if __name__ == "__main__":`` block does not run), then ``script`` in a
+  namespace of its own that sees the module's names -- except program globals that
+  shadow a builtin or a setup name, unless that name is ``entry_point`` (MBPP/126
+  defines ``sum``) -- and every value that comes out of program code as plain data.
+  The program passes iff the driver reports, through its evidence channel, that the
+  whole script ran without an exception; an exit status alone never passes.
 * ``test_type == "stdin"``: ``tests`` is ``[{"input": str, "output": str}, ...]``; the
-  program reads ``input`` on stdin and its stdout is compared with ``output``.
+  program runs as ``__main__`` with ``input`` on stdin and its stdout is compared with
+  ``output`` as LiveCodeBench does (``codeinterp.evaluation.outputs_match``).
 """
 
 from __future__ import annotations
@@ -85,23 +92,24 @@ MBPP_SPLITS = (
 MBPP_KNOWN_BROKEN: dict[str, str] = {}
 MBPP_SANITIZED_KNOWN_BROKEN: dict[str, str] = {}
 
-# Code placed before a LiveCodeBench LeetCode program. LeetCode's judge pre-imports
-# ``typing`` and the common standard-library modules, so reference-style solutions use
-# ``List``, ``defaultdict``, ``heapq`` ... without importing them. LiveCodeBench's own
-# harness prepends a (longer) list of star imports for the same reason; this is a
-# minimal subset. Not ``from math import *``: ``math.pow`` would shadow the builtin
-# three-argument ``pow`` that modular-arithmetic solutions use.
-LEETCODE_SETUP = """\
-from typing import *
-from collections import *
-from functools import *
-from itertools import *
-from heapq import *
-from bisect import *
-from math import ceil, comb, factorial, floor, gcd, inf, isqrt, lcm, log, log2, perm, prod, sqrt
-import bisect, collections, functools, heapq, itertools, math, re, string, sys
-sys.setrecursionlimit(50000)
-"""
+# Code placed before a LiveCodeBench LeetCode program: LiveCodeBench's own prelude
+# (``import_string`` in lcb_runner/evaluation/testing_util.py, verbatim), because
+# reference-style solutions use ``List``, ``defaultdict``, ``heapq``, ``inf``, ``gcd``,
+# ``accumulate`` ... without importing them.  ``from math import *`` would shadow the
+# builtin three-argument ``pow`` with ``math.pow``, and ``from operator import *`` /
+# ``from sys import *`` would shadow ``abs``/``exit``; LCB's own ``from builtins import *``
+# comes after them and puts the builtins back, so keeping its order verbatim is both
+# faithful and safe (tests/test_datasets.py checks ``pow(3, 4, 5)`` under it).
+LEETCODE_SETUP = (
+    "from string import *\nfrom re import *\nfrom datetime import *\nfrom collections import *\n"
+    "from heapq import *\nfrom bisect import *\nfrom copy import *\nfrom math import *\n"
+    "from random import *\nfrom statistics import *\nfrom itertools import *\nfrom functools import *\n"
+    "from operator import *\nfrom io import *\nfrom sys import *\nfrom json import *\n"
+    "from builtins import *\nfrom typing import *\nimport string\nimport re\nimport datetime\n"
+    "import collections\nimport heapq\nimport bisect\nimport copy\nimport math\nimport random\n"
+    "import statistics\nimport itertools\nimport functools\nimport operator\nimport io\nimport sys\n"
+    "import json\nsys.setrecursionlimit(50000)\n"
+)
 
 # Test script for a LeetCode (functional) problem: ``Solution().<func>(*args)`` per case.
 # Each case input is newline-separated JSON values (one per argument); the expected
@@ -121,8 +129,8 @@ for _ci_i, (_ci_input, _ci_output) in enumerate(_ci_cases):
 """
 
 
-def _assert_tests(setup: str, script: str) -> str:
-    return json.dumps({"setup": setup, "script": script})
+def _assert_tests(setup: str, script: str, entry_point: str = "") -> str:
+    return json.dumps({"setup": setup, "script": script, "entry_point": entry_point})
 
 
 def _read_text(path: Path) -> str:
@@ -194,7 +202,7 @@ def _load_humaneval(name: str, data_dir: Path) -> pl.DataFrame:
             "starter_code": r["prompt"],
             "canonical_solution": r["prompt"] + r["canonical_solution"],
             "test_type": "assert",
-            "tests": _assert_tests("", r["test"] + f"\ncheck({entry})\n"),
+            "tests": _assert_tests("", r["test"] + f"\ncheck({entry})\n", entry),
             "difficulty": None,
             "platform": None,
             "split": None,
@@ -215,17 +223,19 @@ def _load_mbpp(name: str, data_dir: Path, challenge: bool) -> pl.DataFrame:
         script_tests = tests + (list(r.get("challenge_test_list") or []) if challenge else [])
         code = _crlf(r["code"])
         setup = (r.get("test_setup_code") or "").strip()
+        entry = _mbpp_entry_point(code, tests)
         rows.append({
             "dataset": name,
             "problem_id": f"Mbpp/{r['task_id']}",
             "prompt": mbpp_prompt(r["text"], tests),
-            "entry_point": _mbpp_entry_point(code, tests),
+            "entry_point": entry,
             "starter_code": "",
             "canonical_solution": code,
             "test_type": "assert",
             # test_setup_code (tasks 367, 927) builds objects from classes the program
             # defines, so it runs after the program, at the top of the script.
-            "tests": _assert_tests("", _crlf(setup + "\n" if setup else "") + "\n".join(script_tests) + "\n"),
+            "tests": _assert_tests("", _crlf(setup + "\n" if setup else "") + "\n".join(script_tests) + "\n",
+                                   entry),
             "difficulty": None,
             "platform": None,
             "split": mbpp_split(int(r["task_id"])),
@@ -240,15 +250,16 @@ def _load_mbpp_sanitized(name: str, data_dir: Path) -> pl.DataFrame:
     for i, r in enumerate(records):
         tests = list(r["test_list"])
         code = _crlf(r["code"])
+        entry = _mbpp_entry_point(code, tests)
         rows.append({
             "dataset": name,
             "problem_id": f"Mbpp/{r['task_id']}",
             "prompt": mbpp_prompt(r["prompt"], tests),
-            "entry_point": _mbpp_entry_point(code, tests),
+            "entry_point": entry,
             "starter_code": "",
             "canonical_solution": code,
             "test_type": "assert",
-            "tests": _assert_tests("\n".join(r.get("test_imports") or []), "\n".join(tests) + "\n"),
+            "tests": _assert_tests("\n".join(r.get("test_imports") or []), "\n".join(tests) + "\n", entry),
             "difficulty": None,
             "platform": None,
             "split": mbpp_split(int(r["task_id"])),
@@ -261,7 +272,7 @@ def leetcode_tests(func_name: str, cases: list[dict]) -> str:
     """``tests`` JSON for a LiveCodeBench functional (LeetCode) problem."""
     pairs = [[c["input"], c["output"]] for c in cases]
     script = _LEETCODE_SCRIPT.format(cases=json.dumps(pairs), func=func_name)
-    return _assert_tests(LEETCODE_SETUP, script)
+    return _assert_tests(LEETCODE_SETUP, script, func_name)
 
 
 def _load_livecodebench(name: str, data_dir: Path) -> pl.DataFrame:
