@@ -183,7 +183,7 @@ def test_unsupported_architecture_is_refused_in_one_line():
         assert "\n" not in str(err.value) and "gpt_neox" in str(err.value)
 
 
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2", "gemma2", "gemma3"])
 def test_saved_directory_round_trip(built, tmp_path, arch):
     """The acceptance path: a saved HF directory loaded by `models.load_model` (eager, float32)."""
     models.save_canonical(built[arch], models.byte_tokenizer(), tmp_path / arch, "hf")

@@ -331,14 +331,14 @@ def knockout(
     n_targets = 0
     per_pass = max(1, steps_per_pass)
     last = n_layers - 1
-    for batch in batches(list(targets), batch_size, _pad_id(model)):
+    for i, batch in enumerate(batches(list(targets), batch_size, _pad_id(model))):
         batch = _trim(batch)
         runner = BlockRunner(model, batch.attention_mask)
         restrict = runner.can_restrict_last_block()
         B = batch.input_ids.shape[0]
         n_targets += B
         emb = runner.embed(batch.input_ids)
-        if n_targets == B:
+        if i == 0:
             runner.verify(batch, emb, restrict, "knockout")
         for c0 in range(0, len(chosen), per_pass):
             ks = chosen[c0 : c0 + per_pass]

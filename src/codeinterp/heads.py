@@ -80,7 +80,7 @@ def zero_heads_in_weights(model, removed: list[tuple[int, int]]) -> None:
     for layer, head in removed:
         proj = head_out_proj(model, layer)
         cols = slice(head * lay.head_dim, (head + 1) * lay.head_dim)
-        if proj.weight.shape[1] == lay.n_heads * lay.head_dim and proj.__class__.__name__ != "Conv1D":
-            proj.weight[:, cols] = 0
-        else:  # GPT-2 Conv1D stores the weight as [in, out]
+        if lay.adapter.qkv == "conv1d":  # GPT-2's Conv1D stores the weight as [in, out]
             proj.weight[cols, :] = 0
+        else:
+            proj.weight[:, cols] = 0
