@@ -448,6 +448,7 @@ class BlockRunner:
             out = self.run(emb)[batch.rows, batch.positions]
         return self.losses_at(out, batch, 1)[0]
 
+    @torch.no_grad()
     def verify(self, batch, emb: torch.Tensor, restrict: bool, what: str, rtol: float = 1e-4) -> None:
         """Stop unless this runner's clean per-target losses equal the model's own forward.
 
