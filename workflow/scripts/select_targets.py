@@ -15,7 +15,7 @@ def main(smk):
         pl.read_parquet(smk.input.generations) if has else None,
         pl.read_parquet(smk.input.verdicts) if has else None,
         tokenizer, t["source"], smk.params.prompt["mode"], resolve_chat(smk.input.model, smk.params.prompt["chat"]),
-        t["max_tokens"], t["limit"],
+        t["max_tokens"], t["limit"], score=t["score"],
     )
     write_parquet(table, smk.output[0])
 
