@@ -58,6 +58,7 @@ from .architectures import BlockRunner, head_out_weights
 from .heads import full_mask, head_intervention, mask_from_heads
 from .scoring import Batch, Target, batches, per_target_mean
 from .sites import head_out_proj, layout
+from .uncertainty import Bootstrap, bootstrap_means
 
 __all__ = [
     "ABLATION_SCHEMA", "KINDS", "KNOCKOUT_SCHEMA", "BlockRunner", "delta_matrix", "head_ablation",
@@ -76,7 +77,8 @@ ABLATION_SCHEMA = {
     "ablated_loss": pl.Float64,
     "delta": pl.Float64,
 }
-KNOCKOUT_SCHEMA = {"k": pl.Int64, "layer": pl.Int64, "head": pl.Int64, "loss": pl.Float64}
+KNOCKOUT_SCHEMA = {"k": pl.Int64, "layer": pl.Int64, "head": pl.Int64, "loss": pl.Float64, "ci_low": pl.Float64,
+                   "ci_high": pl.Float64, "n_targets": pl.Int64}
 
 
 def _pad_id(model) -> int:
@@ -297,10 +299,12 @@ def knockout(
     fill: torch.Tensor | None = None,
     steps_per_pass: int = 8,
     every: int = 1,
+    boot: Bootstrap | None = None,
 ) -> pl.DataFrame:
     """Cumulative removal in `ranking` order: loss (mean over targets of the per-target code
     loss) with the first k heads removed, k = 0..len(ranking). Columns k, layer, head (the
-    head removed at step k, null at k=0), loss.
+    head removed at step k, null at k=0), loss, its bootstrap interval over targets
+    (`boot`), n_targets.
 
     `every` > 1 evaluates every `every`-th k only (always including 0 and all heads), for
     real models where each step is a forward pass.
@@ -327,8 +331,7 @@ def knockout(
         m = masks[-1].clone()
         m[l, h] = 0.0
         masks.append(m)
-    sums = torch.zeros(n_steps, dtype=torch.float64)
-    n_targets = 0
+    per_target: dict[str, torch.Tensor] = {}  # target id -> loss at every step
     per_pass = max(1, steps_per_pass)
     last = n_layers - 1
     for i, batch in enumerate(batches(list(targets), batch_size, _pad_id(model))):
@@ -336,7 +339,7 @@ def knockout(
         runner = BlockRunner(model, batch.attention_mask)
         restrict = runner.can_restrict_last_block()
         B = batch.input_ids.shape[0]
-        n_targets += B
+        losses = torch.zeros(n_steps, B, dtype=torch.float64)
         emb = runner.embed(batch.input_ids)
         if i == 0:
             runner.verify(batch, emb, restrict, "knockout")
@@ -357,15 +360,20 @@ def knockout(
             else:
                 with head_intervention(model, keep, fill, layers=range(split, n_layers)):
                     out = runner.run(x, split)[rows, positions]
-            sums[ks] += runner.losses_at(out, batch, len(ks)).double().sum(1)
-    loss = (sums / max(n_targets, 1)).tolist()
+            losses[ks] = runner.losses_at(out, batch, len(ks)).double()
+        per_target.update({t: losses[:, j] for j, t in enumerate(batch.target_ids)})
+    matrix = np.stack([per_target[t][chosen].numpy() for t in sorted(per_target)])  # [targets, steps]
+    loss, low, high = bootstrap_means(matrix, boot or Bootstrap())
     removed = [(None, None)] + ranking
     return pl.DataFrame(
         {
             "k": chosen,
             "layer": [removed[k][0] for k in chosen],
             "head": [removed[k][1] for k in chosen],
-            "loss": [loss[k] for k in chosen],
+            "loss": loss.tolist(),
+            "ci_low": low.tolist(),
+            "ci_high": high.tolist(),
+            "n_targets": [len(per_target)] * len(chosen),
         },
         schema=KNOCKOUT_SCHEMA,
     )

@@ -3,6 +3,7 @@ import polars as pl
 from codeinterp.ablation import KNOCKOUT_SCHEMA, knockout_curves
 from codeinterp.models import load_model
 from codeinterp.scoring import targets_from_frame
+from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import ablation_fill, delta_array, run_script, with_ids, write_parquet
 
 
@@ -15,7 +16,8 @@ def main(smk):
         # Heads are removed the way they were ranked: zero ablation, or replaced by their mean.
         fill = ablation_fill(model, targets, kind, smk.params.batch_size)
         curves = knockout_curves(model, targets, deltas, smk.params.batch_size, steps_per_pass=smk.params.steps_per_pass,
-                                 every=smk.params.every, kind=kind, fill=fill)
+                                 every=smk.params.every, kind=kind, fill=fill,
+                                 boot=Bootstrap.from_config(smk.params.config))
     else:
         curves = pl.DataFrame(schema={"order": pl.Utf8, **KNOCKOUT_SCHEMA})
     write_parquet(with_ids(curves, smk), smk.output[0])
