@@ -27,3 +27,34 @@ def test_baseline_row_and_labels():
     assert row.select("regime", "n_removed", "n_samples", "n_passed", "pass@1").row(0) == ("none", 0, 3, 1, 0.25)
     assert pruned.regime_label({"kind": "top_k", "k": 5}) == "top_k(k=5)"
     assert pruned.regime_label({"kind": "random", "seed": 0, "k": 2}) == "random(k=2,seed=0)"
+
+
+def test_mean_fill_reaches_generation_and_replay_baseline_is_regenerated(tmp_path):
+    """Removed heads output their mean during generation (not zero), and with replayed samples
+    the unpruned row is this model regenerating, not the other system's samples."""
+    from codeinterp import generation
+    from codeinterp.datasets import load_problems
+    from codeinterp.sandbox import Limits
+
+    model, tok = models.build_tiny_random({"architecture": "llama", "n_layers": 2, "seed": 3})
+    models.save_canonical(model, tok, tmp_path / "m", "tiny-random")
+    problems = load_problems("humaneval", tmp_path).head(2)
+    settings = generation.Settings(max_new_tokens=12, batch_size=2)
+    removed = [(0, 0), (0, 1), (1, 2)]
+    keep = heads.mask_from_heads(model, removed)
+    fill = torch.randn(2, 4, 16) * 3
+    zeroed = generation.run_generation(problems, tmp_path / "m", settings, "transformers", keep=keep)
+    filled = generation.run_generation(problems, tmp_path / "m", settings, "transformers", keep=keep, fill=fill)
+    loaded, _ = models.load_model(tmp_path / "m")
+    table = generation.prompt_table(problems, tok, settings, 4096)
+    with heads.head_intervention(loaded, keep, fill):
+        want = generation.generate_transformers(loaded, tok, table, settings)
+    assert filled["completion_ids"].to_list() == want["completion_ids"].to_list()
+    assert filled["completion_ids"].to_list() != zeroed["completion_ids"].to_list()
+
+    delta = torch.zeros(2, 4).numpy()
+    limits = Limits(timeout_s=5, cpu_s=5)
+    _, rows = pruned.pruned_eval(problems, tmp_path / "m", settings, "transformers", None, limits, 1, [1],
+                                 [{"kind": "top_k", "k": 1}], delta, None, regenerate_baseline=True)
+    assert rows["regime"].to_list() == ["none", "top_k(k=1)"]
+    assert rows["n_removed"].to_list() == [0, 1] and rows["n_samples"].to_list() == [2, 2]

@@ -153,10 +153,12 @@ class StopInGenerated(StoppingCriteria):
 
 
 @torch.inference_mode()
-def generate_transformers(model, tokenizer, table: list[dict], settings: Settings, keep: torch.Tensor | None = None) -> pl.DataFrame:
+def generate_transformers(model, tokenizer, table: list[dict], settings: Settings, keep: torch.Tensor | None = None,
+                          fill: torch.Tensor | None = None) -> pl.DataFrame:
     """Batched generation with left padding; HF derives position ids from the attention mask.
 
-    `keep` masks heads during generation (pruned-model evaluation).
+    `keep` masks heads during generation (pruned-model evaluation); removed heads output zero,
+    or `fill` (their mean outputs) under mean ablation.
     """
     table = _with_stops(table, settings)
     eos_id = tokenizer.eos_token_id
@@ -186,7 +188,7 @@ def generate_transformers(model, tokenizer, table: list[dict], settings: Setting
         if keep is None:
             seqs = model.generate(**kwargs)
         else:
-            with head_intervention(model, keep):
+            with head_intervention(model, keep, fill):
                 seqs = model.generate(**kwargs)
         per_row_s = (time.perf_counter() - t0) / (len(chunk) * settings.n)
         new = seqs[:, ids.shape[1] :].tolist()
@@ -277,7 +279,8 @@ def replay(samples: pl.DataFrame, table: list[dict], settings: Settings, tokeniz
 
 
 def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Settings, backend: str,
-                   vllm_python: str | None = None, samples: str | None = None, keep: torch.Tensor | None = None) -> pl.DataFrame:
+                   vllm_python: str | None = None, samples: str | None = None, keep: torch.Tensor | None = None,
+                   fill: torch.Tensor | None = None) -> pl.DataFrame:
     """The `generate` stage: one table of generations for the selected problems."""
     from .models import load_model, read_facts
 
@@ -294,7 +297,7 @@ def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Sett
         return replay(read_replay(samples), table, settings, tokenizer)
     if backend == "transformers":
         model, tokenizer = load_model(model_dir)
-        return generate_transformers(model, tokenizer, prompt_table(problems, tokenizer, settings, facts.max_positions), settings, keep)
+        return generate_transformers(model, tokenizer, prompt_table(problems, tokenizer, settings, facts.max_positions), settings, keep, fill)
     if backend == "vllm":
         if keep is not None:
             raise ConfigError("the vllm backend takes a pruned checkpoint, not a head mask")
