@@ -146,7 +146,7 @@ def _driver():  # noqa: C901 - one closure on purpose (see the module docstring)
     _str_startswith, _str_endswith = str.startswith, str.endswith
     _gc_collect, _gc_disable, _gc_enable, _gc_freeze = gc.collect, gc.disable, gc.enable, gc.freeze
     _thread_count = _thread._count
-    _signal_signal, _getsignal, _setitimer = signal.signal, signal.getsignal, signal.setitimer
+    _signal_signal, _getsignal, _setitimer = sys.modules["_signal"].signal, signal.getsignal, signal.setitimer
     _ITIMERS = (signal.ITIMER_REAL, signal.ITIMER_VIRTUAL, signal.ITIMER_PROF)
     _sys_modules, _sys_dict, _builtins_dict = sys.modules, sys.__dict__, builtins.__dict__
     _FunctionType, _MethodType, _ModuleType = types.FunctionType, types.MethodType, types.ModuleType
@@ -242,6 +242,20 @@ def _driver():  # noqa: C901 - one closure on purpose (see the module docstring)
         report("error", "test setup failed: " + describe(e))
     setup_names = _dict(ns)
 
+    # A Python signal handler receives the interrupted frame, the one way to a
+    # frame that no audit event covers: handlers the program installs get None.
+    def safe_signal(signalnum, handler):
+        if _callable(handler) and not _isinstance(handler, _C_CALLABLES):
+            inner = handler
+
+            def handler(signum, frame):
+                return inner(signum, None)
+
+        return _signal_signal(signalnum, handler)
+
+    signal.signal = safe_signal
+    _sys_modules["_signal"].signal = safe_signal
+
     # -------------------------------------------------------------- snapshot of the world
 
     IMMUTABLE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: nothing to snapshot
@@ -300,6 +314,9 @@ def _driver():  # noqa: C901 - one closure on purpose (see the module docstring)
     FRAME_ATTRS = {"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back", "gi_code", "cr_code", "ag_code"}
 
     def hook(event, args):
+        if event == "import" and args and _type(args[0]) is _str and args[0] in modules_snap:
+            # a second copy of a module we snapshotted (the program removed it from sys.modules)
+            raise _RuntimeError(f"re-importing {args[0]} is not allowed here")
         if event in BLOCKED:
             raise _RuntimeError(f"{event} is not allowed here")
         if event == "sys._getframe":

@@ -1,0 +1,6 @@
+# KeyboardInterrupt at import.
+def add(a, b):
+    return 0
+
+
+raise KeyboardInterrupt
