@@ -256,6 +256,34 @@ def _driver():  # noqa: C901 - one closure on purpose (see the module docstring)
     signal.signal = safe_signal
     _sys_modules["_signal"].signal = safe_signal
 
+    # Frames are refused (tb_frame), so tracebacks are printed without them:
+    # a correct program that calls traceback.print_exc() or logging.exception()
+    # in an except block keeps working.
+    import traceback
+
+    _only = traceback.format_exception_only
+    _no_value = object()
+
+    def format_exception(exc, value=_no_value, tb=None, limit=None, chain=True):
+        value = exc if value is _no_value else value
+        return ["Traceback (frames hidden by the test harness)\n"] + _only(_type(value), value)
+
+    def print_exception(exc, value=_no_value, tb=None, limit=None, file=None, chain=True):
+        out = _sys.stderr if file is None else file
+        for line in format_exception(exc, value):
+            print(line, file=out, end="")
+
+    def print_exc(limit=None, file=None, chain=True):
+        print_exception(_sys.exception() if hasattr(_sys, "exception") else _sys.exc_info()[1], file=file)
+
+    def format_exc(limit=None, chain=True):
+        return "".join(format_exception(_sys.exc_info()[1]))
+
+    traceback.format_exception, traceback.print_exception = format_exception, print_exception
+    traceback.print_exc, traceback.format_exc = print_exc, format_exc
+    traceback.print_tb = lambda *a, **k: None
+    traceback.format_tb = traceback.extract_tb = lambda *a, **k: []
+
     # -------------------------------------------------------------- snapshot of the world
 
     IMMUTABLE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: nothing to snapshot
