@@ -1,5 +1,6 @@
 """End to end: the tiny pipeline from an empty directory, then no-op and partial reruns."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -46,9 +47,13 @@ def test_tiny_pipeline_ends_in_report(tiny_run):
     assert report.exists()
     page = report.read_text()
     assert "vegaEmbed" in page and "<script src=" not in page  # inlined, no network needed
-    for section in ("Layer lens", "exact single-head ablation", "Knockout curves", "Taylor pruning",
-                    "Taylor scores versus exact ablation", "Pruned models", "Head subsets (CMA-ES)", "Top heads"):
+    for section in ("Contents", "Layer lens", "exact single-head ablation", "Knockout curves", "Taylor pruning",
+                    "Taylor scores versus exact ablation", "Pruned models", "Head subsets (CMA-ES)"):
         assert section in page, section
+    # Every analysis says what it averages: a finding with its n and interval, and the targets' origin.
+    assert page.count("class='finding'") >= 10
+    assert "3 targets (canonical; scored span: body" in page and "95% CI" in page
+    assert "public tests only" in page
     for dataset in ("humaneval", "mbpp", "livecodebench"):
         verdicts = pl.read_parquet(tiny_run / f"results/tiny-llama/{dataset}/verdicts.parquet")
         gens = pl.read_parquet(tiny_run / f"results/tiny-llama/{dataset}/generations.parquet")
@@ -106,6 +111,17 @@ def test_bad_input_is_a_one_line_error(tmp_path, mutate, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not list((tmp_path / "w").glob("results/**/generations.parquet"))
+
+
+def test_stale_taylor_checkpoint_is_discarded(tiny_run):
+    """A checkpoint left by a run on other targets or settings must not be resumed."""
+    out = tiny_run / "results/tiny-llama/mbpp/pruning/taylor_history.json"
+    fresh = json.loads(out.read_text())["history"]
+    stale = {"key": "from-another-run", "settings": {}, "history": [dict(fresh[0], alive=[])]}
+    (tiny_run / "results/tiny-llama/mbpp/pruning/taylor_history.partial.json").write_text(json.dumps(stale))
+    snakemake(tiny_run, "--configfile", str(TINY), "--forcerun", "taylor_pruning", "--until", "taylor_pruning")
+    again = json.loads(out.read_text())["history"]
+    assert [r["pruned"] for r in again] == [r["pruned"] for r in fresh] and len(again) == 4
 
 
 def test_snakemake_report_works(tiny_run, tmp_path):

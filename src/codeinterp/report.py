@@ -67,14 +67,14 @@ def _pass_at_k(files: dict, ctx: Context) -> str:
                "tests": LIVECODEBENCH_NOTE if d.startswith("livecodebench") else "all"}
         for c in summary.columns if len(summary) else []:
             row[c] = summary[c][0]
-        rows.append(row)
+        rows.append(_ci_text(pl.DataFrame([row])))
         if "pass@1" in summary.columns:
             s = summary.row(0, named=True)
             note = f"; {LIVECODEBENCH_NOTE}" if d.startswith("livecodebench") else ""
             findings.append(f"{html.escape(m)} solves {fmt(int(df['c'].gt(0).sum()))} of {fmt(len(df))} "
                             f"{html.escape(d)} problems; pass@1 = {ci(s['pass@1'], s['pass@1_ci_low'], s['pass@1_ci_high'])} "
                             f"over n = {fmt(len(df))} problems{note}.")
-    return "".join(_finding(f) for f in findings) + table(pl.DataFrame(rows))
+    return "".join(_finding(f) for f in findings) + table(pl.concat(rows, how="diagonal"))
 
 
 def _verdicts(files: dict, ctx: Context) -> str:
@@ -99,16 +99,26 @@ def _lens(files: dict, ctx: Context) -> str:
         parts.append(f"<h3>{ctx.about(m, d)}</h3>")
         if not len(layers):
             continue
-        ce = layers["cross_entropy"].to_numpy()
-        drop = -np.diff(ce)
-        at = int(np.argmax(drop))
-        last = layers.row(len(layers) - 1, named=True)
-        parts.append(_finding(
-            f"Cross-entropy of the true token falls from {fmt(ce[0])} nats at the embeddings to "
-            f"{ci(last['cross_entropy'], last['cross_entropy_ci_low'], last['cross_entropy_ci_high'])} at the output "
-            f"(n = {fmt(last['n_targets'])} targets); the largest one-layer drop, {fmt(drop[at])} nats, is into layer {at + 1}."))
+        parts.append(_finding(_lens_finding(layers)))
         parts.append(ctx.charts.add(lens_chart(layers, f"{m} / {d}")))
     return "".join(parts)
+
+
+def _lens_finding(layers: pl.DataFrame) -> str:
+    ce = layers["cross_entropy"].to_numpy()
+    last = layers.row(len(layers) - 1, named=True)
+    text = (f"Cross-entropy of the true token goes from {fmt(ce[0])} nats at the embeddings to "
+            f"{ci(last['cross_entropy'], last['cross_entropy_ci_low'], last['cross_entropy_ci_high'])} at the output "
+            f"(n = {fmt(last['n_targets'])} targets, {fmt(last['n_scored_tokens'])} scored tokens)")
+    drop = -np.diff(ce)
+    if len(drop) and drop.max() > 0:
+        at = int(np.argmax(drop))
+        text += f"; the largest one-layer drop, {fmt(drop[at])} nats, is into layer {at + 1}"
+    # Where the lens gets close to the output distribution (KL within a tenth of its largest value).
+    agree = layers.filter(pl.col("kl_to_final") <= layers["kl_to_final"].max() * 0.1)
+    if len(agree) and len(layers) > 2:
+        text += f"; KL to the output falls below a tenth of its maximum from layer {agree['layer'][0]} on"
+    return text + "."
 
 
 def _heads(files: dict, ctx: Context) -> str:
@@ -158,11 +168,13 @@ def _knockout(files: dict, ctx: Context) -> str:
         base = df.filter(pl.col("k") == 0).row(0, named=True)
         steps = sorted(df["k"].unique().to_list())
         k = steps[min(1, len(steps) - 1)]
+        heads = "head" if k == 1 else "heads"
         at = {o: df.filter((pl.col("order") == o) & (pl.col("k") == k)).row(0, named=True) for o in ("most_first", "least_first")}
         parts.append(_finding(
-            f"Removing the {fmt(k)} most important heads takes the loss from {fmt(base['loss'])} to "
+            f"Removing the {fmt(k)} most important {heads} takes the loss from {fmt(base['loss'])} to "
             f"{ci(at['most_first']['loss'], at['most_first']['ci_low'], at['most_first']['ci_high'])}; the {fmt(k)} least "
-            f"important, to {ci(at['least_first']['loss'], at['least_first']['ci_low'], at['least_first']['ci_high'])}."))
+            f"important, to {ci(at['least_first']['loss'], at['least_first']['ci_low'], at['least_first']['ci_high'])} "
+            f"(n = {fmt(base['n_targets'])} targets)."))
         parts.append(ctx.charts.add(curve(df.select("order", "k", "loss", "ci_low", "ci_high"), "k", f"{m} / {d}",
                                           "heads removed", "loss (nats)", color="order")))
     return "".join(parts)
@@ -232,8 +244,16 @@ def _pruned_eval(files: dict, ctx: Context) -> str:
                     f"(n = {fmt(w['n_problems'])} problems)."))
             parts.append(ctx.charts.add(points(df, f"{m} / {d}")))
     if tables:
-        parts.append(table(pl.concat(tables, how="diagonal").drop("heads")))
+        parts.append(table(_ci_text(pl.concat(tables, how="diagonal").drop("heads", "ablation", strict=False))))
     return "".join(parts)
+
+
+def _ci_text(df: pl.DataFrame) -> pl.DataFrame:
+    """Each `x`, `x_ci_low`, `x_ci_high` triple as one readable column `x (95% CI)`."""
+    for c in [c for c in df.columns if f"{c}_ci_low" in df.columns]:
+        text = [ci(m, lo, hi) if m is not None else "–" for m, lo, hi in df.select(c, f"{c}_ci_low", f"{c}_ci_high").iter_rows()]
+        df = df.with_columns(pl.Series(c, text)).drop(f"{c}_ci_low", f"{c}_ci_high")
+    return df
 
 
 def _subsets(files: dict, ctx: Context) -> str:

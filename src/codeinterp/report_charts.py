@@ -85,21 +85,33 @@ LENS_STATISTICS = {
 }
 
 
-def lens_chart(layers: pl.DataFrame, title: str) -> alt.HConcatChart:
-    """One panel per statistic, mean over targets with its bootstrap band."""
+def _lens_scale(stat: str, low: pl.Series, high: pl.Series) -> alt.Scale:
+    """Accuracy on [0, 1]; nats on a log axis spanning the data (the embeddings' layer can sit an
+    order of magnitude above the rest), symlog when the data touch zero (KL at the output)."""
+    if stat == "top1_accuracy":
+        return alt.Scale(domain=[0, 1])
+    lo, hi = float(low.min()), float(high.max())
+    if lo > 0 and hi > lo:
+        return alt.Scale(type="log", domain=[lo, hi], nice=False)
+    return alt.Scale(type="symlog", domain=[min(lo, 0.0), max(hi, 1e-9)], nice=False)
+
+
+def lens_chart(layers: pl.DataFrame, title: str) -> alt.VConcatChart:
+    """One panel per statistic (two by two), mean over targets with its bootstrap band."""
     panels = []
     for stat, label in LENS_STATISTICS.items():
         df = layers.select("layer", pl.col(stat).alias("value"), pl.col(f"{stat}_ci_low").alias("low"),
                            pl.col(f"{stat}_ci_high").alias("high"))
-        scale = alt.Scale(domain=[0, 1]) if stat == "top1_accuracy" else alt.Scale(type="symlog")
-        base = alt.Chart(df).encode(x=alt.X("layer:Q", title="layer (0 = embeddings)"))
+        scale = _lens_scale(stat, df["low"], df["high"])
+        base = alt.Chart(df).encode(x=alt.X("layer:Q", title="layer (0 = embeddings)",
+                                            axis=alt.Axis(tickMinStep=1, format="d")))
         band = base.mark_area(opacity=0.25).encode(y=alt.Y("low:Q", scale=scale, title=label), y2="high:Q")
         line = base.mark_line(point=True).encode(
             y=alt.Y("value:Q", scale=scale),
             tooltip=["layer", alt.Tooltip("value:Q", format=".3g"), alt.Tooltip("low:Q", format=".3g"),
                      alt.Tooltip("high:Q", format=".3g")])
-        panels.append((band + line).properties(width=230, height=170, title=label))
-    return alt.hconcat(*panels).properties(title=title)
+        panels.append((band + line).properties(width=360, height=170, title=label))
+    return alt.vconcat(alt.hconcat(*panels[:2]), alt.hconcat(*panels[2:])).properties(title=title)
 
 
 def robust_extent(values: np.ndarray) -> float:
@@ -129,9 +141,11 @@ def heatmap(matrix: pl.DataFrame, title: str) -> alt.Chart:
 def curve(df: pl.DataFrame, x: str, title: str, x_title: str, y_title: str, color: str | None = None,
           log: bool = True) -> alt.LayerChart:
     """A mean curve with its bootstrap band (columns `loss`, `ci_low`, `ci_high`)."""
-    scale = alt.Scale(type="log") if log and df["ci_low"].min() > 0 else alt.Scale(zero=False)
+    lo, hi = float(df["ci_low"].min()), float(df["ci_high"].max())
+    # The axis spans the data: a log axis from 1 would flatten losses that all lie near 5.
+    scale = alt.Scale(type="log", domain=[lo, hi], nice=False) if log and lo > 0 and hi > lo else alt.Scale(zero=False)
     enc = {"color": f"{color}:N"} if color else {}
-    base = alt.Chart(df).encode(x=alt.X(f"{x}:Q", title=x_title), **enc)
+    base = alt.Chart(df).encode(x=alt.X(f"{x}:Q", title=x_title, axis=alt.Axis(tickMinStep=1, format="d")), **enc)
     band = base.mark_area(opacity=0.2).encode(y=alt.Y("ci_low:Q", scale=scale, title=y_title), y2="ci_high:Q")
     line = base.mark_line(point=len(df) < 80).encode(
         y=alt.Y("loss:Q", scale=scale),
@@ -149,7 +163,8 @@ def scatter(df: pl.DataFrame, x: str, y: str, title: str, x_title: str, y_title:
 
 def points(df: pl.DataFrame, title: str) -> alt.LayerChart:
     """pass@1 per pruning regime with its interval over problems."""
-    base = alt.Chart(df).encode(x=alt.X("n_removed:Q", title="heads removed"), color="regime:N")
+    base = alt.Chart(df).encode(x=alt.X("n_removed:Q", title="heads removed", axis=alt.Axis(tickMinStep=1, format="d")),
+                                color="regime:N")
     rule = base.mark_rule().encode(y=alt.Y("pass@1_ci_low:Q", scale=alt.Scale(domain=[0, 1]), title="pass@1"),
                                    y2="pass@1_ci_high:Q")
     dot = base.mark_point(filled=True, size=80).encode(
