@@ -299,7 +299,7 @@ def build_report(inputs: dict[str, str], config: dict, out_path: str) -> None:
             m, d, kind = key.split("|")
             by_kind[kind][(m, d)] = path
     ctx = Context(config, by_kind.pop("targets", {}))
-    facts = [{"model": Path(p).name, **read_facts(p).__dict__} for p in _as_list(inputs.get("models", []))]
+    facts = [{"model": Path(p).name, **_readable(read_facts(p).__dict__)} for p in _as_list(inputs.get("models", []))]
     sections = [("models", "Models", table(pl.DataFrame(facts)))]
     for kind, (title, builder) in SECTIONS.items():
         if by_kind.get(kind):
@@ -319,6 +319,17 @@ def build_report(inputs: dict[str, str], config: dict, out_path: str) -> None:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(page)
     tmp.replace(out)
+
+
+def _readable(facts: dict) -> dict:
+    """Per-layer lists as counts (`sliding_attention ×15, full_attention ×3`), not 18 cells' worth."""
+    out = {}
+    for k, v in facts.items():
+        if isinstance(v, list):
+            counts = {x: v.count(x) for x in dict.fromkeys(v)}
+            v = ", ".join(f"{x} ×{n}" for x, n in counts.items())
+        out[k] = v
+    return out
 
 
 def _as_list(value) -> list[str]:
