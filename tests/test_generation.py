@@ -63,6 +63,18 @@ def test_prompt_too_long_is_a_one_line_error(tiny_models):
         g.prompt_table(problems, tok, g.Settings(max_new_tokens=10), max_positions=50)
 
 
+def test_replayed_samples_are_not_limited_by_this_models_context(tiny_models, tmp_path):
+    """Samples from another system are evaluated whatever this model's context length."""
+    from codeinterp import models
+
+    model, tok = models.build_tiny_random({"n_layers": 1, "max_positions": 64})
+    models.save_canonical(model, tok, tmp_path / "m", "tiny-random")
+    samples = tmp_path / "s.jsonl"
+    samples.write_text(json.dumps({"task_id": "HumanEval/0", "completion": "    return 1\n"}) + "\n")
+    out = g.run_generation(pl.DataFrame([HE_ROW]), tmp_path / "m", g.Settings(), "replay", samples=str(samples))
+    assert out["prompt_tokens"][0] > 64 and out["completion"][0] == "    return 1\n"
+
+
 def test_code_mode_prompt_is_prefilled_and_extracted(tiny_models):
     _, tok = tiny_models["llama"]
     text = prompts.build_prompt(HE_ROW, tok, "code", chat=True)

