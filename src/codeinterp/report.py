@@ -41,7 +41,10 @@ class Context:
         origins = ", ".join(sorted(t["origin"].unique().to_list()))
         span = ", ".join(sorted(t["scored"].unique().to_list())) if "scored" in t.columns else "all code"
         tokens = int((t["code_end"] - t["code_start"]).sum())
-        mode = self.config.get("generation", {}).get("mode", "code")
+        mode = ", ".join(sorted(t["mode"].unique().to_list())) if "mode" in t.columns else \
+            self.config.get("generation", {}).get("mode", "code")
+        if "chat" in t.columns:
+            mode += ", " + ", ".join("chat template" if c else "completion" for c in sorted(t["chat"].unique().to_list()))
         return (f"{name}: {fmt(len(t))} targets ({html.escape(origins)}; scored span: {html.escape(span)}; "
                 f"prompt mode {html.escape(mode)}), {fmt(tokens)} scored tokens")
 
