@@ -62,3 +62,11 @@ def test_pass_at_k_summary_skips_problems_without_enough_samples():
     per_problem = pl.DataFrame({"problem_id": ["a", "b", "c"], "pass@1": [1.0, 0.0, None]})
     s = pass_at_k_summary(per_problem, Bootstrap(200, 0.95, 0)).row(0, named=True)
     assert s["pass@1"] == 0.5 and s["pass@1_ci_low"] == 0.0 and s["pass@1_ci_high"] == 1.0
+
+
+def test_one_unit_has_no_interval_and_never_excludes_zero():
+    mean, low, high = bootstrap_means(np.array([[2.0, -1.0]]), Bootstrap(100, 0.95, 0))
+    assert mean.tolist() == [2.0, -1.0] and np.isnan(low).all() and np.isnan(high).all()
+    df = pl.DataFrame({"t": ["a"], "head": [0], "delta": [0.7]})
+    out = summarise_over(df, "t", ["head"], "delta", Bootstrap(100, 0.95, 0))
+    assert out["excludes_zero"].to_list() == [False] and out["n"].to_list() == [1]

@@ -43,7 +43,9 @@ def fmt(value) -> str:
 
 
 def ci(mean, low, high) -> str:
-    """`mean (95% CI low–high)` formatted for reading."""
+    """`mean (95% CI low to high)` formatted for reading."""
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return f"{fmt(mean)} (no interval: fewer than 2 units)"
     return f"{fmt(mean)} (95% CI {fmt(low)} to {fmt(high)})"
 
 
@@ -100,8 +102,8 @@ def lens_chart(layers: pl.DataFrame, title: str) -> alt.VConcatChart:
     """One panel per statistic (two by two), mean over targets with its bootstrap band."""
     panels = []
     for stat, label in LENS_STATISTICS.items():
-        df = layers.select("layer", pl.col(stat).alias("value"), pl.col(f"{stat}_ci_low").alias("low"),
-                           pl.col(f"{stat}_ci_high").alias("high"))
+        df = layers.select("layer", pl.col(stat).alias("value"), pl.col(f"{stat}_ci_low").fill_nan(pl.col(stat)).alias("low"),
+                           pl.col(f"{stat}_ci_high").fill_nan(pl.col(stat)).alias("high"))
         scale = _lens_scale(stat, df["low"], df["high"])
         base = alt.Chart(df).encode(x=alt.X("layer:Q", title="layer (0 = embeddings)",
                                             axis=alt.Axis(tickMinStep=1, format="d")))
@@ -141,6 +143,8 @@ def heatmap(matrix: pl.DataFrame, title: str) -> alt.Chart:
 def curve(df: pl.DataFrame, x: str, title: str, x_title: str, y_title: str, color: str | None = None,
           log: bool = True) -> alt.LayerChart:
     """A mean curve with its bootstrap band (columns `loss`, `ci_low`, `ci_high`)."""
+    # No interval (one target): the band collapses onto the curve.
+    df = df.with_columns(pl.col("ci_low").fill_nan(pl.col("loss")), pl.col("ci_high").fill_nan(pl.col("loss")))
     lo, hi = float(df["ci_low"].min()), float(df["ci_high"].max())
     # The axis spans the data: a log axis from 1 would flatten losses that all lie near 5.
     scale = alt.Scale(type="log", domain=[lo, hi], nice=False) if log and lo > 0 and hi > lo else alt.Scale(zero=False)

@@ -31,16 +31,17 @@ class Bootstrap:
 def bootstrap_means(values: np.ndarray, boot: Bootstrap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over rows (units: targets) of `values` [n, G], with a percentile interval per column.
 
-    Returns (mean [G], low [G], high [G]). With one unit the interval is the point itself
-    (nothing can be said about spread), with none everything is NaN.
+    Returns (mean [G], low [G], high [G]). With fewer than two units nothing can be said
+    about spread: the interval is NaN (and so never "excludes zero"); with none the mean is
+    NaN too.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         values = values[:, None]
     n, g = values.shape
-    if n == 0:
+    if n < 2:
         nan = np.full(g, np.nan)
-        return nan, nan.copy(), nan.copy()
+        return (values.mean(0) if n else nan.copy()), nan, nan.copy()
     mean = values.mean(0)
     rng = np.random.default_rng(boot.seed)
     idx = rng.integers(0, n, size=(boot.resamples, n))
