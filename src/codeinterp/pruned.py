@@ -48,7 +48,7 @@ def write_pruned_checkpoint(model_dir: str | Path, heads: list[tuple[int, int]],
     save_canonical(model, tokenizer, out_dir, source=f"pruned:{Path(model_dir).name}")
 
 
-def _generate(problems, model_dir, settings, backend, vllm_python, heads, fill):
+def _generate(problems, model_dir, settings, backend, vllm_python, heads, fill=None):
     if backend == "vllm":
         if fill is not None:
             raise ConfigError("a pruned vLLM checkpoint can only zero heads; mean ablation needs the transformers backend")
