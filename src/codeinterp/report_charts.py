@@ -150,8 +150,8 @@ def curve(df: pl.DataFrame, x: str, title: str, x_title: str, y_title: str, colo
     scale = alt.Scale(type="log", domain=[lo, hi], nice=False) if log and lo > 0 and hi > lo else alt.Scale(zero=False)
     enc = {"color": f"{color}:N"} if color else {}
     base = alt.Chart(df).encode(x=alt.X(f"{x}:Q", title=x_title, axis=alt.Axis(tickMinStep=1, format="d")), **enc)
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("ci_low:Q", scale=scale, title=y_title), y2="ci_high:Q")
-    line = base.mark_line(point=len(df) < 80).encode(
+    band = base.mark_area(opacity=0.2, clip=True).encode(y=alt.Y("ci_low:Q", scale=scale, title=y_title), y2="ci_high:Q")
+    line = base.mark_line(point=len(df) < 80, clip=True).encode(
         y=alt.Y("loss:Q", scale=scale),
         tooltip=[x, alt.Tooltip("loss:Q", format=".3g"), alt.Tooltip("ci_low:Q", format=".3g"),
                  alt.Tooltip("ci_high:Q", format=".3g")] + ([color] if color else []))
