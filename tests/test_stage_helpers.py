@@ -36,15 +36,17 @@ def test_with_ids_keeps_an_empty_table_empty():
 
 
 def test_head_summary_says_what_it_averages():
+    ids = list("abcde")
     deltas = pl.DataFrame({
-        "layer": [0, 0, 0, 0], "head": [0, 0, 1, 1], "ablation": ["zero"] * 4, "target_id": ["a", "b"] * 2,
-        "base_loss": [1.0, 2.0, 1.0, 2.0], "ablated_loss": [2.0, 3.0, 1.0, 2.0], "delta": [1.0, 1.0, 0.0, 0.0],
+        "layer": [0] * 10, "head": [0] * 5 + [1] * 5, "ablation": ["zero"] * 10, "target_id": ids * 2,
+        "base_loss": [1.0, 2.0, 1.0, 2.0, 1.5] * 2, "ablated_loss": [2.0, 3.0, 2.0, 3.0, 2.5] + [1.0, 2.0, 1.0, 2.0, 1.5],
+        "delta": [1.0] * 5 + [0.0] * 5,
     })
-    targets = pl.DataFrame({"target_id": ["a", "b"], "origin": ["canonical"] * 2, "scored": ["body"] * 2,
-                            "code_start": [3, 5], "code_end": [10, 9]})
+    targets = pl.DataFrame({"target_id": ids, "origin": ["canonical"] * 5, "scored": ["body"] * 5,
+                            "code_start": [3, 5, 1, 1, 1], "code_end": [10, 9, 2, 2, 2]})
     out = head_summary(deltas, targets, Bootstrap(200, 0.95, 0))
     r0, r1 = out.row(0, named=True), out.row(1, named=True)
     assert (r0["delta"], r0["ci_low"], r0["ci_high"], r0["excludes_zero"]) == (1.0, 1.0, 1.0, True)
     assert (r1["delta"], r1["excludes_zero"]) == (0.0, False)
-    assert r0["n_targets"] == 2 and r0["n_scored_tokens"] == 11 and r0["base_loss"] == 1.5
+    assert r0["n_targets"] == 5 and r0["n_scored_tokens"] == 14 and r0["base_loss"] == 1.5
     assert (r0["target_origin"], r0["scored_span"]) == ("canonical", "body")

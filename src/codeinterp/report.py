@@ -147,6 +147,9 @@ def _heads_finding(one: pl.DataFrame, kind: str) -> str:
     sure = one.filter(pl.col("excludes_zero"))
     best = one.sort("delta", descending=True).row(0, named=True)
     head = f"L{best['layer']}H{best['head']}"
+    if one["ci_low"].is_nan().all():
+        return (f"With n = {fmt(n)} targets no interval is given (at least 5 are needed), so no head can be told "
+                f"apart from zero; largest mean Δ: {head}, {fmt(best['delta'])} nats.")
     if not len(sure):
         return (f"No head's 95% interval excludes zero under {kind} ablation with n = {fmt(n)} targets: the ranking "
                 f"is not distinguishable from noise (largest mean Δ: {head}, {ci(best['delta'], best['ci_low'], best['ci_high'])}).")

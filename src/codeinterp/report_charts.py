@@ -45,7 +45,7 @@ def fmt(value) -> str:
 def ci(mean, low, high) -> str:
     """`mean (95% CI low to high)` formatted for reading."""
     if low is None or high is None or math.isnan(low) or math.isnan(high):
-        return f"{fmt(mean)} (no interval: fewer than 2 units)"
+        return f"{fmt(mean)} (no interval: fewer than 5 targets or problems)"
     return f"{fmt(mean)} (95% CI {fmt(low)} to {fmt(high)})"
 
 

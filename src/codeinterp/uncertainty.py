@@ -16,6 +16,12 @@ import polars as pl
 
 __all__ = ["Bootstrap", "bootstrap_means", "summarise_over", "summarise_columns", "pass_at_k_summary"]
 
+# Fewest units (targets, problems) an interval is given for; below it, the tables say "no
+# interval" rather than print a range that looks like evidence. With 5 units of one sign a
+# sign test gives p = 0.0625, the least that is worth a reader's attention.
+MIN_UNITS = 5
+
+
 @dataclass(frozen=True)
 class Bootstrap:
     resamples: int = 1000
@@ -31,15 +37,16 @@ class Bootstrap:
 def bootstrap_means(values: np.ndarray, boot: Bootstrap) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over rows (units: targets) of `values` [n, G], with a percentile interval per column.
 
-    Returns (mean [G], low [G], high [G]). With fewer than two units nothing can be said
-    about spread: the interval is NaN (and so never "excludes zero"); with none the mean is
-    NaN too.
+    Returns (mean [G], low [G], high [G]). With fewer than `MIN_UNITS` units the interval is
+    NaN (and so never "excludes zero"): a percentile bootstrap of two or three targets is
+    just their range, and two targets of the same sign would "exclude zero" half the time
+    under no effect at all. With no unit the mean is NaN too.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim == 1:
         values = values[:, None]
     n, g = values.shape
-    if n < 2:
+    if n < MIN_UNITS:
         nan = np.full(g, np.nan)
         return (values.mean(0) if n else nan.copy()), nan, nan.copy()
     mean = values.mean(0)
