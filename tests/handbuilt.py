@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from codeinterp import models
-from codeinterp.scoring import Target
+from codeinterp.access import models
+from codeinterp.access.scoring import Target
 
 HEAD = (1, 2)
 N_LAYERS, N_HEADS, HEAD_DIM = 3, 4, 32
@@ -107,7 +107,7 @@ SNIPPETS = [("# add\n", "def add(a, b):\n    return a + b\n"), ("x = ", "[1, (2,
 
 def snippet_targets(tok, n: int = 3):
     """Small code targets for tiny models: context tokens, then the code tokens."""
-    from codeinterp.scoring import Target
+    from codeinterp.access.scoring import Target
 
     out = []
     for i, (ctx, code) in enumerate(SNIPPETS[:n]):

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import handbuilt
-from codeinterp import ablation, heads
-from codeinterp.scoring import Target, code_losses, make_batch
-from codeinterp.sites import head_out_proj, layout
+from codeinterp.analyses import ablation
+from codeinterp.access import heads
+from codeinterp.access.scoring import Target, code_losses, make_batch
+from codeinterp.access.sites import head_out_proj, layout
 
 from handbuilt import build_one_head_model, one_head_targets
 
@@ -234,7 +235,7 @@ def test_bad_arguments_are_refused(tiny):
 
 def test_knockout_every_is_a_subset_of_the_full_curve(tiny_models):
     model, tok = tiny_models["llama"]
-    from codeinterp.ablation import knockout, ranking_from_deltas
+    from codeinterp.analyses.ablation import knockout, ranking_from_deltas
     import numpy as np
 
     targets = make_targets(tok)

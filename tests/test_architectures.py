@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import archs
-from codeinterp import ablation, architectures, heads, lens, models, sites
-from codeinterp.scoring import code_losses, make_batch
+from codeinterp.analyses import ablation, lens
+from codeinterp.access import architectures, heads, models, sites
+from codeinterp.access.scoring import code_losses, make_batch
 
 
 @pytest.fixture(autouse=True, scope="module")

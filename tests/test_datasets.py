@@ -6,8 +6,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from codeinterp import datasets
-from codeinterp.datasets import (
+from codeinterp.benchmarks import datasets
+from codeinterp.benchmarks.datasets import (
     DATASETS,
     MBPP_KNOWN_BROKEN,
     MBPP_SANITIZED_KNOWN_BROKEN,
@@ -179,7 +179,7 @@ def test_write_roundtrip(frames, tmp_path):
 # --------------------------------------------------------------------------- harness
 # The runner contract: one file ``setup + "\n" + program + "\n\n" + script`` passes iff
 # it exits 0. The fast tests check it with a plain subprocess; the slow ones go through
-# codeinterp.evaluation.
+# codeinterp.benchmarks.evaluation.
 
 # Hand-written correct solutions for a few LiveCodeBench problems (no references ship).
 LCB_SOLUTIONS = {
@@ -274,8 +274,8 @@ def test_leetcode_setup_is_livecodebench_prelude():
 
 
 def _evaluate(items, workers=2):
-    from codeinterp.evaluation import evaluate_many
-    from codeinterp.sandbox import Limits
+    from codeinterp.benchmarks.evaluation import evaluate_many
+    from codeinterp.benchmarks.sandbox import Limits
 
     return evaluate_many(items, Limits(), workers)
 

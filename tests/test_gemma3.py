@@ -15,7 +15,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from codeinterp import models
+from codeinterp.access import models
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ import polars as pl
 import pytest
 import torch
 
-from codeinterp import generation as g
-from codeinterp import prompts
+from codeinterp.benchmarks import generation as g
+from codeinterp.benchmarks import prompts
 from codeinterp.errors import ConfigError
 
 HE_ROW = {
@@ -65,7 +65,7 @@ def test_prompt_too_long_is_a_one_line_error(tiny_models):
 
 def test_replayed_samples_are_not_limited_by_this_models_context(tiny_models, tmp_path):
     """Samples from another system are evaluated whatever this model's context length."""
-    from codeinterp import models
+    from codeinterp.access import models
 
     model, tok = models.build_tiny_random({"n_layers": 1, "max_positions": 64})
     models.save_canonical(model, tok, tmp_path / "m", "tiny-random")

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from codeinterp import heads, sites
+from codeinterp.access import heads, sites
 
 
 def logits(model, ids, mask):

@@ -13,9 +13,9 @@ import json
 
 import pytest
 
-from codeinterp.datasets import leetcode_tests
-from codeinterp.evaluation import check_program, evaluate_many
-from codeinterp.sandbox import Limits, isolation_available
+from codeinterp.benchmarks.datasets import leetcode_tests
+from codeinterp.benchmarks.evaluation import check_program, evaluate_many
+from codeinterp.benchmarks.sandbox import Limits, isolation_available
 
 
 def asserts(script: str, setup: str = "", entry: str = "") -> str:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from codeinterp.datasets import leetcode_tests
-from codeinterp.evaluation import check_program, evaluate_many
-from codeinterp.sandbox import Limits, isolation_available
+from codeinterp.benchmarks.datasets import leetcode_tests
+from codeinterp.benchmarks.evaluation import check_program, evaluate_many
+from codeinterp.benchmarks.sandbox import Limits, isolation_available
 
 HOSTILE = Path(__file__).parent / "hostile"
 CHEATS = sorted((HOSTILE / "cheats").glob("*.py"))

@@ -2,9 +2,9 @@ import polars as pl
 import pytest
 import torch
 
-from codeinterp import lens
-from codeinterp.scoring import Target, targets_from_frame
-from codeinterp.targets import make_target, token_span
+from codeinterp.analyses import lens
+from codeinterp.access.scoring import Target, targets_from_frame
+from codeinterp.benchmarks.targets import make_target, token_span
 
 
 def targets_for(tok):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from codeinterp import models
+from codeinterp.access import models
 from codeinterp.errors import ConfigError
 
 

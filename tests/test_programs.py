@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from codeinterp import evaluation, prompts
-from codeinterp.datasets import load_problems, select_problems
-from codeinterp.generation import cut_at_stop
-from codeinterp.sandbox import Limits
+from codeinterp.benchmarks import evaluation, prompts
+from codeinterp.benchmarks.datasets import load_problems, select_problems
+from codeinterp.benchmarks.generation import cut_at_stop
+from codeinterp.benchmarks.sandbox import Limits
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = Limits(timeout_s=20, cpu_s=20, memory_mb=1024)

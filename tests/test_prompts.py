@@ -9,10 +9,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from codeinterp import prompts
-from codeinterp.datasets import load_problems
-from codeinterp.generation import cut_at_stop
-from codeinterp.models import byte_tokenizer
+from codeinterp.benchmarks import prompts
+from codeinterp.benchmarks.datasets import load_problems
+from codeinterp.benchmarks.generation import cut_at_stop
+from codeinterp.access.models import byte_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,9 @@
 import polars as pl
 import torch
 
-from codeinterp import heads, models, pruned
+from codeinterp.access import heads, models
+
+from codeinterp.analyses import pruned
 
 
 def test_pruned_checkpoint_equals_hook_masking(tmp_path):
@@ -32,9 +34,9 @@ def test_baseline_row_and_labels():
 def test_mean_fill_reaches_generation_and_replay_baseline_is_regenerated(tmp_path):
     """Removed heads output their mean during generation (not zero), and with replayed samples
     the unpruned row is this model regenerating, not the other system's samples."""
-    from codeinterp import generation
-    from codeinterp.datasets import load_problems
-    from codeinterp.sandbox import Limits
+    from codeinterp.benchmarks import generation
+    from codeinterp.benchmarks.datasets import load_problems
+    from codeinterp.benchmarks.sandbox import Limits
 
     model, tok = models.build_tiny_random({"architecture": "llama", "n_layers": 2, "seed": 3})
     models.save_canonical(model, tok, tmp_path / "m", "tiny-random")

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from codeinterp import heads, pruning
-from codeinterp.scoring import Target
+from codeinterp.access import heads
+
+from codeinterp.analyses import pruning
+from codeinterp.access.scoring import Target
 
 import handbuilt
 
@@ -289,7 +291,7 @@ def test_history_frame_has_intervals_over_targets(tiny_models):
 
 def test_mean_ablation_pruning_replaces_heads_by_their_mean(tiny_models):
     """Taylor's first step under mean fill, removing one head, gives the loss of exact mean ablation."""
-    from codeinterp.ablation import head_ablation, mean_head_outputs
+    from codeinterp.analyses.ablation import head_ablation, mean_head_outputs
 
     model, tok = tiny_models["llama"]
     targets = make_targets(tok)

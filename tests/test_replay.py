@@ -58,10 +58,11 @@ def test_replay_verdicts(tmp_path):
 def test_replaying_every_entry_function_alone_passes(tmp_path):
     """As a chat model answers: the canonical entry function alone, replayed for all 164
     HumanEval problems, passes every one (helpers the prompt defines stay available)."""
-    from codeinterp import generation, models
-    from codeinterp.datasets import load_problems
-    from codeinterp.evaluation import evaluate_generations
-    from codeinterp.sandbox import Limits
+    from codeinterp.benchmarks import generation
+    from codeinterp.access import models
+    from codeinterp.benchmarks.datasets import load_problems
+    from codeinterp.benchmarks.evaluation import evaluate_generations
+    from codeinterp.benchmarks.sandbox import Limits
     from test_programs import entry_function_alone
 
     problems = load_problems("humaneval", REPO / "data")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from codeinterp import sandbox
+from codeinterp.benchmarks import sandbox
 from codeinterp.errors import ConfigError
-from codeinterp.evaluation import check_program
-from codeinterp.sandbox import Limits, RunResult, isolation_available, run_python
+from codeinterp.benchmarks.evaluation import check_program
+from codeinterp.benchmarks.sandbox import Limits, RunResult, isolation_available, run_python
 
 HOSTILE = Path(__file__).parent / "hostile"
 ASSERT_NONE = json.dumps({"setup": "", "script": ""})
@@ -299,9 +299,9 @@ def test_containment_without_uid_switch(mode, name, monkeypatch):
 
 _WORKER = r'''
 import json, sys
-from codeinterp import sandbox
-from codeinterp.evaluation import evaluate_many
-from codeinterp.sandbox import Limits
+from codeinterp.benchmarks import sandbox
+from codeinterp.benchmarks.evaluation import evaluate_many
+from codeinterp.benchmarks.sandbox import Limits
 
 sandbox._uid_cursor = 0  # both processes start at the same place in the uid pool: worst case
 
@@ -370,7 +370,7 @@ def test_concurrent_processes_do_not_interfere(mode):
 
 _LEASE_HOLDER = r'''
 import sys
-from codeinterp import sandbox
+from codeinterp.benchmarks import sandbox
 sandbox._uid_cursor = int(sys.argv[1])
 lease = sandbox._acquire_uid()
 print(lease.uid, flush=True)

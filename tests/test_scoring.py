@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import handbuilt
-from codeinterp import heads
-from codeinterp.scoring import Target, batches, code_losses, make_batch
+from codeinterp.access import heads
+from codeinterp.access.scoring import Target, batches, code_losses, make_batch
 
 
 def make_targets(tok):

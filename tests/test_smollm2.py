@@ -4,9 +4,11 @@ import polars as pl
 import pytest
 import torch
 
-from codeinterp import lens, models
-from codeinterp.scoring import targets_from_frame
-from codeinterp.targets import make_target
+from codeinterp.analyses import lens
+
+from codeinterp.access import models
+from codeinterp.access.scoring import targets_from_frame
+from codeinterp.benchmarks.targets import make_target
 
 pytestmark = pytest.mark.slow
 

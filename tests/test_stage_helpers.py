@@ -4,7 +4,7 @@ import json
 
 import polars as pl
 
-from codeinterp.scoring import Target
+from codeinterp.access.scoring import Target
 from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import head_summary, resume_key, with_ids
 

@@ -3,7 +3,9 @@ import itertools
 import numpy as np
 import pytest
 
-from codeinterp import heads, pruning, subset_search
+from codeinterp.access import heads
+
+from codeinterp.analyses import pruning, subset_search
 
 import handbuilt
 

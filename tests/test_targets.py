@@ -8,11 +8,11 @@ import polars as pl
 import pytest
 from test_prompts import HE, MBPP, bpe_tokenizer
 
-from codeinterp import generation as g
-from codeinterp import prompts
-from codeinterp.datasets import load_problems, select_problems
-from codeinterp.models import build_tiny_random, byte_tokenizer
-from codeinterp.targets import TARGET_SCHEMA, select_targets
+from codeinterp.benchmarks import generation as g
+from codeinterp.benchmarks import prompts
+from codeinterp.benchmarks.datasets import load_problems, select_problems
+from codeinterp.access.models import build_tiny_random, byte_tokenizer
+from codeinterp.benchmarks.targets import TARGET_SCHEMA, select_targets
 
 REPO = Path(__file__).resolve().parents[1]
 HE_CANON = {**HE, "canonical_solution": HE["prompt"] + "    return 2 * helper(x)\n"}
@@ -20,7 +20,7 @@ MBPP_CANON = {**MBPP, "canonical_solution": "def f(x):\n    return x + 1\n"}
 
 
 def frame(*rows) -> pl.DataFrame:
-    from codeinterp.datasets import SCHEMA
+    from codeinterp.benchmarks.datasets import SCHEMA
 
     full = [{**{k: None for k in SCHEMA}, **r, "source_index": i} for i, r in enumerate(rows)]
     return pl.DataFrame(full, schema=SCHEMA)

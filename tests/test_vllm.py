@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from codeinterp.errors import ConfigError
-from codeinterp.models import build_tiny_random, save_canonical
-from codeinterp.vllm_backend import generate_vllm, vllm_python_default
+from codeinterp.access.models import build_tiny_random, save_canonical
+from codeinterp.access.vllm_backend import generate_vllm, vllm_python_default
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = os.environ.get("CODEINTERP_VLLM_PYTHON") or vllm_python_default(REPO)
@@ -81,7 +81,7 @@ def test_error_line_names_engine_root_cause():
     """An engine crash reports vLLM's first exception line, not only "see stack trace"."""
     import collections
 
-    from codeinterp.vllm_backend import _last_error_line
+    from codeinterp.access.vllm_backend import _last_error_line
 
     lines = collections.deque([
         "(Worker pid=7) ERROR 11-22 00:44:35 [multiproc_executor.py:1063] RuntimeError: "
@@ -202,9 +202,9 @@ def test_vllm_sampling_rows(tmp_path):
 def test_pruned_generation_tables_equal_across_backends(tmp_path):
     """pruned_eval's two paths, a vLLM pruned checkpoint and the transformers head mask, agree."""
     _skip_without_vllm()
-    from codeinterp import pruned
-    from codeinterp.datasets import load_problems, select_problems
-    from codeinterp.generation import Settings
+    from codeinterp.analyses import pruned
+    from codeinterp.benchmarks.datasets import load_problems, select_problems
+    from codeinterp.benchmarks.generation import Settings
 
     model, tok = build_tiny_random({"architecture": "llama", "n_layers": 2, "hidden_size": 128, "n_heads": 2,
                                     "n_kv_heads": 1, "intermediate_size": 256, "seed": 0})
@@ -236,8 +236,10 @@ def test_vllm_table_records_ids_and_cuts_per_prompt(monkeypatch, tmp_path):
     prompt and generated ids and cuts the text at that prompt's own stops."""
     import polars as pl
 
-    from codeinterp import generation, vllm_backend
-    from codeinterp.models import byte_tokenizer
+    from codeinterp.benchmarks import generation
+
+    from codeinterp.access import vllm_backend
+    from codeinterp.access.models import byte_tokenizer
 
     tok = byte_tokenizer()
     he = {"dataset": "humaneval", "problem_id": "HumanEval/0", "prompt": "def f():\n", "entry_point": "f",

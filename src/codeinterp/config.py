@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from codeinterp.errors import ConfigError
 
 __all__ = ["check_schema", "check_semantics", "validate_config"]
 
@@ -52,7 +52,7 @@ def check_schema(config: dict, schema: dict) -> list[str]:
 
 
 def _tiny_problems(name: str, spec: dict) -> list[str]:
-    from .models import check_tiny_spec
+    from codeinterp.access.models import check_tiny_spec
 
     try:
         check_tiny_spec(spec.get("tiny", {}), f"models.{name}.tiny")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from .errors import ConfigError
+from codeinterp.errors import ConfigError
 
 
 def run_script(snakemake, main) -> None:
@@ -91,7 +91,7 @@ def ablation_fill(model, targets, kind: str, batch_size: int):
         return None
     if kind != "mean":
         raise ConfigError(f"ablation kind {kind!r} is not zero or mean")
-    from .ablation import mean_head_outputs
+    from codeinterp.analyses.ablation import mean_head_outputs
 
     return mean_head_outputs(model, targets, batch_size)
 
@@ -124,7 +124,7 @@ def target_facts(targets: pl.DataFrame) -> dict:
 def head_summary(deltas: pl.DataFrame, targets: pl.DataFrame, boot) -> pl.DataFrame:
     """Per (ablation, layer, head): mean delta over targets, its bootstrap interval, whether the
     interval excludes zero, the clean loss, and what the mean is over."""
-    from .uncertainty import summarise_over
+    from codeinterp.uncertainty import summarise_over
 
     summary = summarise_over(deltas, "target_id", ["ablation", "layer", "head"], "delta", boot)
     base = deltas.group_by("ablation", "layer", "head").agg(pl.col("base_loss").mean())

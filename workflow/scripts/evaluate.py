@@ -1,6 +1,6 @@
 import polars as pl
 
-from codeinterp.evaluation import evaluate_generations, limits_from_config
+from codeinterp.benchmarks.evaluation import evaluate_generations, limits_from_config
 from codeinterp.workflow import run_script, write_parquet
 
 

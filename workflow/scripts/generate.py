@@ -1,6 +1,6 @@
 import polars as pl
 
-from codeinterp.generation import run_generation, settings_from_config
+from codeinterp.benchmarks.generation import run_generation, settings_from_config
 from codeinterp.workflow import run_script, write_parquet
 
 

@@ -2,9 +2,9 @@ import logging
 
 import polars as pl
 
-from codeinterp.ablation import ABLATION_SCHEMA, head_ablation
-from codeinterp.models import load_model
-from codeinterp.scoring import targets_from_frame
+from codeinterp.analyses.ablation import ABLATION_SCHEMA, head_ablation
+from codeinterp.access.models import load_model
+from codeinterp.access.scoring import targets_from_frame
 from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import ablation_fill, head_summary, run_script, with_ids, write_parquet
 

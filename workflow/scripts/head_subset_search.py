@@ -2,11 +2,11 @@ import json
 
 import polars as pl
 
-from codeinterp.ablation import ranking_from_deltas
-from codeinterp.models import load_model
-from codeinterp.pruning import regime_heads
-from codeinterp.scoring import targets_from_frame
-from codeinterp.subset_search import cma_head_subset, compare_subsets
+from codeinterp.analyses.ablation import ranking_from_deltas
+from codeinterp.access.models import load_model
+from codeinterp.analyses.pruning import regime_heads
+from codeinterp.access.scoring import targets_from_frame
+from codeinterp.analyses.subset_search import cma_head_subset, compare_subsets
 from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import ablation_fill, delta_array, run_script, with_ids, write_json, write_parquet
 

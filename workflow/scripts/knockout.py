@@ -1,8 +1,8 @@
 import polars as pl
 
-from codeinterp.ablation import KNOCKOUT_SCHEMA, knockout_curves
-from codeinterp.models import load_model
-from codeinterp.scoring import targets_from_frame
+from codeinterp.analyses.ablation import KNOCKOUT_SCHEMA, knockout_curves
+from codeinterp.access.models import load_model
+from codeinterp.access.scoring import targets_from_frame
 from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import ablation_fill, delta_array, run_script, with_ids, write_parquet
 

@@ -1,8 +1,8 @@
 import polars as pl
 
-from codeinterp.lens import layer_lens
-from codeinterp.models import load_model
-from codeinterp.scoring import targets_from_frame
+from codeinterp.analyses.lens import layer_lens
+from codeinterp.access.models import load_model
+from codeinterp.access.scoring import targets_from_frame
 from codeinterp.uncertainty import Bootstrap, summarise_columns
 from codeinterp.workflow import run_script, target_facts, write_parquet
 

@@ -1,4 +1,4 @@
-from codeinterp.datasets import load_problems, select_problems, write_problems
+from codeinterp.benchmarks.datasets import load_problems, select_problems, write_problems
 from codeinterp.workflow import run_script
 
 

@@ -1,4 +1,4 @@
-from codeinterp.models import prepare_model
+from codeinterp.access.models import prepare_model
 from codeinterp.workflow import run_script
 
 

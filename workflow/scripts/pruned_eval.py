@@ -3,11 +3,11 @@ import logging
 
 import polars as pl
 
-from codeinterp.evaluation import limits_from_config
-from codeinterp.generation import settings_from_config
-from codeinterp.models import load_model
-from codeinterp.pruned import baseline_row, pruned_eval
-from codeinterp.scoring import targets_from_frame
+from codeinterp.benchmarks.evaluation import limits_from_config
+from codeinterp.benchmarks.generation import settings_from_config
+from codeinterp.access.models import load_model
+from codeinterp.analyses.pruned import baseline_row, pruned_eval
+from codeinterp.access.scoring import targets_from_frame
 from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import ablation_fill, delta_array, run_script, with_ids, write_parquet
 

@@ -1,4 +1,4 @@
-from codeinterp.report import build_report
+from codeinterp.report.build import build_report
 from codeinterp.workflow import run_script
 
 

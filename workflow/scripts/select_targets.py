@@ -1,8 +1,8 @@
 import polars as pl
 from transformers import AutoTokenizer
 
-from codeinterp.models import resolve_chat
-from codeinterp.targets import select_targets
+from codeinterp.access.models import resolve_chat
+from codeinterp.benchmarks.targets import select_targets
 from codeinterp.workflow import run_script, write_parquet
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import polars as pl
 
-from codeinterp.models import load_model
-from codeinterp.pruning import history_frame, taylor_pruning
-from codeinterp.scoring import targets_from_frame
+from codeinterp.access.models import load_model
+from codeinterp.analyses.pruning import history_frame, taylor_pruning
+from codeinterp.access.scoring import targets_from_frame
 from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import ablation_fill, resume_key, run_script, with_ids, write_json, write_parquet
 

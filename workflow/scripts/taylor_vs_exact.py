@@ -2,7 +2,7 @@ import json
 
 import polars as pl
 
-from codeinterp.pruning import taylor_vs_exact_tables
+from codeinterp.analyses.pruning import taylor_vs_exact_tables
 from codeinterp.workflow import run_script, with_ids, write_parquet
 
 

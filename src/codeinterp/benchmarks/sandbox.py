@@ -562,7 +562,7 @@ def run_python(source: str, stdin: str = "", limits: Limits = Limits(), *, recor
     ``record=True``: the program also gets the write end of a pipe as file
     descriptor ``RECORD_FD``; what it writes there (at most 4 KiB) comes back
     as ``RunResult.record`` -- a channel apart from stdout/stderr, used by the
-    test driver (``codeinterp.harness``) for its evidence.
+    test driver (``codeinterp.benchmarks.harness``) for its evidence.
     """
     isolation = _resolve_isolation(limits.isolation)
     probe = _get_probe()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ast
 import re
 
-from .errors import ConfigError
+from codeinterp.errors import ConfigError
 
 MODES = ("code", "reasoning")
 KINDS = ("humaneval", "mbpp", "leetcode", "stdin")

@@ -22,7 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .errors import ConfigError
+from codeinterp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

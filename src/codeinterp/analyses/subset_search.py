@@ -25,10 +25,10 @@ import numpy as np
 import polars as pl
 import torch
 
-from .heads import full_mask, mask_from_heads
-from .pruning import Head, head_name, target_losses
-from .uncertainty import Bootstrap, bootstrap_means
-from .scoring import Batch, Target, batches, code_losses
+from codeinterp.access.heads import full_mask, mask_from_heads
+from codeinterp.analyses.pruning import Head, head_name, target_losses
+from codeinterp.uncertainty import Bootstrap, bootstrap_means
+from codeinterp.access.scoring import Batch, Target, batches, code_losses
 
 
 def _tile(b: Batch, m: int) -> Batch:

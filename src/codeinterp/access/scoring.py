@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
-from .heads import head_intervention
+from codeinterp.access.heads import head_intervention
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def code_losses(model, batch: Batch, keep: torch.Tensor | None = None, fill: tor
     position would cost more than the rest of a small model's forward. The readout is the
     model's own (final-logit softcapping included), from `sites.layout`.
     """
-    from .sites import layout
+    from codeinterp.access.sites import layout
 
     lay = layout(model)
 

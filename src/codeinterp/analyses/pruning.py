@@ -29,9 +29,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from .heads import full_mask
-from .scoring import Target, batches, code_losses
-from .uncertainty import Bootstrap, bootstrap_means
+from codeinterp.access.heads import full_mask
+from codeinterp.access.scoring import Target, batches, code_losses
+from codeinterp.uncertainty import Bootstrap, bootstrap_means
 
 Head = tuple[int, int]
 

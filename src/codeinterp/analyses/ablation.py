@@ -54,11 +54,11 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from .architectures import BlockRunner, head_out_weights
-from .heads import full_mask, head_intervention, mask_from_heads
-from .scoring import Batch, Target, batches, per_target_mean
-from .sites import head_out_proj, layout
-from .uncertainty import Bootstrap, bootstrap_means
+from codeinterp.access.architectures import BlockRunner, head_out_weights
+from codeinterp.access.heads import full_mask, head_intervention, mask_from_heads
+from codeinterp.access.scoring import Batch, Target, batches, per_target_mean
+from codeinterp.access.sites import head_out_proj, layout
+from codeinterp.uncertainty import Bootstrap, bootstrap_means
 
 __all__ = [
     "ABLATION_SCHEMA", "KINDS", "KNOCKOUT_SCHEMA", "BlockRunner", "delta_matrix", "head_ablation",

@@ -16,9 +16,9 @@ import numpy as np
 import polars as pl
 import yaml
 
-from .models import read_facts
-from .report_charts import Charts, ci, curve, fmt, heatmap, lens_chart, points, scatter, table
-from .uncertainty import Bootstrap, pass_at_k_summary
+from codeinterp.access.models import read_facts
+from codeinterp.report.charts import Charts, ci, curve, fmt, heatmap, lens_chart, points, scatter, table
+from codeinterp.uncertainty import Bootstrap, pass_at_k_summary
 
 LIVECODEBENCH_NOTE = "public tests only (LiveCodeBench's hidden tests are not distributed)"
 

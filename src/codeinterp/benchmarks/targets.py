@@ -20,8 +20,8 @@ import logging
 
 import polars as pl
 
-from . import prompts
-from .errors import ConfigError
+from codeinterp.benchmarks import prompts
+from codeinterp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 This file is two things:
 
-* imported by the parent (``codeinterp.evaluation``): ``driver_source()``,
+* imported by the parent (``codeinterp.benchmarks.evaluation``): ``driver_source()``,
   ``job()``, ``pass_record()``;
 * run as ``prog.py`` (``__main__``) inside the sandbox, standard library only,
   where it loads the untrusted program, runs the tests and, only after the last

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from codeinterp.errors import ConfigError
 
 
 class UnsupportedArchitecture(ConfigError):

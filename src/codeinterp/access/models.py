@@ -32,7 +32,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .errors import ConfigError
+from codeinterp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

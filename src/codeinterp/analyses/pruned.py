@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from .evaluation import evaluate_generations
-from .generation import Settings, run_generation
-from .heads import mask_from_heads, zero_heads_in_weights
-from .models import load_model, save_canonical
-from .pruning import regime_heads
-from .sandbox import Limits
-from .uncertainty import Bootstrap, pass_at_k_summary
-from .errors import ConfigError
+from codeinterp.benchmarks.evaluation import evaluate_generations
+from codeinterp.benchmarks.generation import Settings, run_generation
+from codeinterp.access.heads import mask_from_heads, zero_heads_in_weights
+from codeinterp.access.models import load_model, save_canonical
+from codeinterp.analyses.pruning import regime_heads
+from codeinterp.benchmarks.sandbox import Limits
+from codeinterp.uncertainty import Bootstrap, pass_at_k_summary
+from codeinterp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

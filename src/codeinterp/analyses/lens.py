@@ -11,8 +11,8 @@ from __future__ import annotations
 import polars as pl
 import torch
 
-from .scoring import Batch, Target, batches
-from .sites import logit_lens
+from codeinterp.access.scoring import Batch, Target, batches
+from codeinterp.access.sites import logit_lens
 
 TOKEN_SCHEMA = {
     "target_id": pl.Utf8,

@@ -1,9 +1,9 @@
 """Execute generated programs against their tests and compute pass@k.
 
-All execution goes through :mod:`codeinterp.sandbox`.
+All execution goes through :mod:`codeinterp.benchmarks.sandbox`.
 
 * Assert-style tests (HumanEval, MBPP, LeetCode-style LiveCodeBench) run under
-  the driver of :mod:`codeinterp.harness`: the program is loaded as a module
+  the driver of :mod:`codeinterp.benchmarks.harness`: the program is loaded as a module
   that is not ``__main__``, the tests run against it, and only then does the
   driver write a record derived from a per-run secret token on a separate
   pipe.  ``passed`` needs exactly that record and exit status 0 -- positive
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from codeinterp import harness
-from codeinterp.sandbox import Limits, RunResult, isolation_available, run_python
+from codeinterp.benchmarks import harness
+from codeinterp.benchmarks.sandbox import Limits, RunResult, isolation_available, run_python
 
 __all__ = ["Verdict", "STATUSES", "check_program", "evaluate_many", "pass_at_k", "pass_at_k_table",
            "normalize_output", "outputs_match"]

@@ -17,9 +17,9 @@ import polars as pl
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from . import prompts
-from .errors import ConfigError
-from .heads import head_intervention
+from codeinterp.benchmarks import prompts
+from codeinterp.errors import ConfigError
+from codeinterp.access.heads import head_intervention
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def generate_transformers(model, tokenizer, table: list[dict], settings: Setting
 
 
 def generate_vllm(model_dir: str, tokenizer, table: list[dict], settings: Settings, python: str) -> pl.DataFrame:
-    from .vllm_backend import generate_vllm as run_worker
+    from codeinterp.access.vllm_backend import generate_vllm as run_worker
 
     table = _with_stops(table, settings)
     t0 = time.perf_counter()
@@ -283,7 +283,7 @@ def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Sett
                    vllm_python: str | None = None, samples: str | None = None, keep: torch.Tensor | None = None,
                    fill: torch.Tensor | None = None) -> pl.DataFrame:
     """The `generate` stage: one table of generations for the selected problems."""
-    from .models import load_model, read_facts
+    from codeinterp.access.models import load_model, read_facts
 
     facts = read_facts(model_dir)
     if backend == "replay":
@@ -312,7 +312,7 @@ def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Sett
 
 def settings_from_config(cfg: dict, model_dir: str | Path) -> Settings:
     """Settings from the `generation` config section (plus `chat` and `seed` filled in by the workflow)."""
-    from .models import resolve_chat
+    from codeinterp.access.models import resolve_chat
 
     return Settings(
         mode=cfg["mode"], chat=resolve_chat(model_dir, cfg.get("chat")), n=cfg["n"], temperature=cfg["temperature"],

@@ -19,10 +19,10 @@ split               Utf8?    MBPP prompt/test/validation/train
 source_index        Int64    0-based row order in the source file
 ==================  =======  ==========================================================
 
-Test formats (consumed by ``codeinterp.evaluation``):
+Test formats (consumed by ``codeinterp.benchmarks.evaluation``):
 
 * ``test_type == "assert"``: ``tests`` is ``{"setup": str, "script": str, "entry_point": str}``
-  (``entry_point`` may be missing or ""). The driver of ``codeinterp.harness`` runs
+  (``entry_point`` may be missing or ""). The driver of ``codeinterp.benchmarks.harness`` runs
   ``setup`` (trusted) and then the program in one module named ``solution`` (so a
   program's ``if __name__ == "__main__":`` block does not run), then ``script`` in a
   namespace of its own that sees the module's names -- except program globals that
@@ -32,7 +32,7 @@ Test formats (consumed by ``codeinterp.evaluation``):
   whole script ran without an exception; an exit status alone never passes.
 * ``test_type == "stdin"``: ``tests`` is ``[{"input": str, "output": str}, ...]``; the
   program runs as ``__main__`` with ``input`` on stdin and its stdout is compared with
-  ``output`` as LiveCodeBench does (``codeinterp.evaluation.outputs_match``).
+  ``output`` as LiveCodeBench does (``codeinterp.benchmarks.evaluation.outputs_match``).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ MBPP_SPLITS = (
 )
 
 # MBPP reference programs that fail their own tests under the harness, problem_id ->
-# reason. Checked by running every canonical solution through codeinterp.evaluation
+# reason. Checked by running every canonical solution through codeinterp.benchmarks.evaluation
 # (tests/test_datasets.py, slow self-tests): none fail on Python 3.11 with this
 # revision of the data (it already fixes the version-dependent tasks 341, 596 and 642),
 # and tasks 367/927 pass because their test_setup_code runs after the program.

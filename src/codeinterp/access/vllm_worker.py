@@ -3,7 +3,7 @@
     python vllm_worker.py request.json out.jsonl
 
 It imports only the standard library and vllm (the vLLM venv has no codeinterp), so
-`codeinterp.vllm_backend` runs it as a file with the vLLM venv's interpreter.
+`codeinterp.access.vllm_backend` runs it as a file with the vLLM venv's interpreter.
 
 Request (JSON object):
     model_dir         canonical model directory (safetensors + tokenizer)

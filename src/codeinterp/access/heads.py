@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .sites import head_out_proj, layout
+from codeinterp.access.sites import head_out_proj, layout
 
 
 def _hook(layer: int, keep: torch.Tensor, fill: torch.Tensor | None, n_heads: int, head_dim: int):

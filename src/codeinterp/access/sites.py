@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .architectures import (
+from codeinterp.access.architectures import (
     ADAPTERS,
     Adapter,
     Layout,

@@ -1,0 +1,2 @@
+"""Benchmarks: datasets, prompts, generation, the sandbox and its test harness, evaluation, and
+the targets the analyses score."""

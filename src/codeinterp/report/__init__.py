@@ -1,0 +1,1 @@
+"""The self-contained HTML report: `build` assembles the sections, `charts` draws them."""
