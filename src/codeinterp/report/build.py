@@ -17,7 +17,7 @@ import polars as pl
 import yaml
 
 from codeinterp.access.models import read_facts
-from codeinterp.report.charts import Charts, ci, curve, fmt, heatmap, lens_chart, points, scatter, table
+from codeinterp.report.charts import Charts, ci, curve, finding, fmt, heatmap, lens_chart, points, scatter, table
 from codeinterp.uncertainty import Bootstrap, pass_at_k_summary
 
 LIVECODEBENCH_NOTE = "public tests only (LiveCodeBench's hidden tests are not distributed)"
@@ -55,10 +55,6 @@ def _stacked(files: dict, column: str) -> pl.DataFrame | None:
     return pl.concat(frames, how="diagonal") if frames else None
 
 
-def _finding(text: str) -> str:
-    return f"<p class='finding'>{text}</p>"
-
-
 def _pass_at_k(files: dict, ctx: Context) -> str:
     rows, findings = [], []
     for (m, d), path in sorted(files.items()):
@@ -77,7 +73,7 @@ def _pass_at_k(files: dict, ctx: Context) -> str:
             findings.append(f"{html.escape(m)} solves {fmt(int(df['c'].gt(0).sum()))} of {fmt(len(df))} "
                             f"{html.escape(d)} problems; pass@1 = {ci(s['pass@1'], s['pass@1_ci_low'], s['pass@1_ci_high'])} "
                             f"over n = {fmt(len(df))} problems{note}.")
-    return "".join(_finding(f) for f in findings) + table(pl.concat(rows, how="diagonal"))
+    return "".join(finding(f) for f in findings) + table(pl.concat(rows, how="diagonal"))
 
 
 def _verdicts(files: dict, ctx: Context) -> str:
@@ -91,7 +87,7 @@ def _verdicts(files: dict, ctx: Context) -> str:
     passed = int(both.filter(pl.col("status") == "passed")["len"].sum())
     text = (f"{fmt(passed)} of {fmt(total)} samples passed; a pass needs the harness's own evidence that every "
             "test ran (a program that exits early is not passed).")
-    return _finding(text) + "<p>Samples per outcome in the sandbox, and the isolation used.</p>" + table(counts.sort("model", "dataset"))
+    return finding(text) + "<p>Samples per outcome in the sandbox, and the isolation used.</p>" + table(counts.sort("model", "dataset"))
 
 
 def _lens(files: dict, ctx: Context) -> str:
@@ -102,12 +98,12 @@ def _lens(files: dict, ctx: Context) -> str:
         parts.append(f"<h3>{ctx.about(m, d)}</h3>")
         if not len(layers):
             continue
-        parts.append(_finding(_lens_finding(layers)))
+        parts.append(finding(_lensfinding(layers)))
         parts.append(ctx.charts.add(lens_chart(layers, f"{m} / {d}")))
     return "".join(parts)
 
 
-def _lens_finding(layers: pl.DataFrame) -> str:
+def _lensfinding(layers: pl.DataFrame) -> str:
     ce = layers["cross_entropy"].to_numpy()
     last = layers.row(len(layers) - 1, named=True)
     text = (f"Cross-entropy of the true token goes from {fmt(ce[0])} nats at the embeddings to "
@@ -133,7 +129,7 @@ def _heads(files: dict, ctx: Context) -> str:
         parts.append(f"<h3>{ctx.about(m, d)}</h3>")
         for kind in sorted(df["ablation"].unique()) if len(df) else []:
             one = df.filter(pl.col("ablation") == kind)
-            parts.append(_finding(_heads_finding(one, kind)))
+            parts.append(finding(_headsfinding(one, kind)))
             parts.append(ctx.charts.add(heatmap(one, f"{m} / {d}: {kind} ablation")))
             top = one.sort("delta", descending=True).head(8).select(
                 "ablation", "layer", "head", pl.col("delta").alias("Δ loss"), "ci_low", "ci_high",
@@ -142,7 +138,7 @@ def _heads(files: dict, ctx: Context) -> str:
     return "".join(parts)
 
 
-def _heads_finding(one: pl.DataFrame, kind: str) -> str:
+def _headsfinding(one: pl.DataFrame, kind: str) -> str:
     n_heads, n = len(one), int(one["n_targets"].max())
     sure = one.filter(pl.col("excludes_zero"))
     best = one.sort("delta", descending=True).row(0, named=True)
@@ -176,7 +172,7 @@ def _knockout(files: dict, ctx: Context) -> str:
         k = steps[min(1, len(steps) - 1)]
         heads = "head" if k == 1 else "heads"
         at = {o: df.filter((pl.col("order") == o) & (pl.col("k") == k)).row(0, named=True) for o in ("most_first", "least_first")}
-        parts.append(_finding(
+        parts.append(finding(
             f"Removing the {fmt(k)} most important {heads} takes the loss from {fmt(base['loss'])} to "
             f"{ci(at['most_first']['loss'], at['most_first']['ci_low'], at['most_first']['ci_high'])}; the {fmt(k)} least "
             f"important, to {ci(at['least_first']['loss'], at['least_first']['ci_low'], at['least_first']['ci_high'])} "
@@ -194,7 +190,7 @@ def _taylor(files: dict, ctx: Context) -> str:
         if not len(df):
             continue
         first, last = df.row(0, named=True), df.row(len(df) - 1, named=True)
-        parts.append(_finding(
+        parts.append(finding(
             f"After {fmt(last['iteration'])} iterations ({fmt(last['n_pruned_total'])} heads pruned) the loss is "
             f"{ci(last['loss'], last['ci_low'], last['ci_high'])} against {fmt(first['loss'])} unpruned "
             f"(n = {fmt(last['n_targets'])} targets)."))
@@ -218,7 +214,7 @@ def _taylor_vs_exact(files: dict, ctx: Context) -> str:
              "Both use the ranking's own ablation (zero, or the head's mean output).</p>")
     cols = [c for c in ("model", "dataset", "pair", "ablation", "n_heads", "n_targets", "spearman", "kendall",
                         "top5_overlap", "top10_overlap", "top20_overlap") if c in df.columns]
-    return intro + "".join(_finding(f) for f in findings) + table(df.select(cols))
+    return intro + "".join(finding(f) for f in findings) + table(df.select(cols))
 
 
 def _taylor_scatter(files: dict, ctx: Context) -> str:
@@ -244,7 +240,7 @@ def _pruned_eval(files: dict, ctx: Context) -> str:
             worst = df.filter(pl.col("regime") != "none").sort("pass@1").head(1)
             if len(base) and len(worst):
                 b, w = base.row(0, named=True), worst.row(0, named=True)
-                parts.append(_finding(
+                parts.append(finding(
                     f"{html.escape(m)} / {html.escape(d)}: pass@1 {ci(b['pass@1'], b['pass@1_ci_low'], b['pass@1_ci_high'])} "
                     f"unpruned; lowest under {html.escape(w['regime'])}: {ci(w['pass@1'], w['pass@1_ci_low'], w['pass@1_ci_high'])} "
                     f"(n = {fmt(w['n_problems'])} problems)."))
@@ -272,7 +268,7 @@ def _subsets(files: dict, ctx: Context) -> str:
         findings.append(f"{html.escape(m)} / {html.escape(d)}: removing k = {fmt(best['k'])} heads costs least with the "
                         f"{html.escape(best['method'])} set: loss {ci(best['loss'], best['ci_low'], best['ci_high'])} "
                         f"(n = {fmt(best['n_targets'])} targets).")
-    return ("<p>Loss with k heads removed: the CMA-ES set against ranked sets.</p>" + "".join(_finding(f) for f in findings)
+    return ("<p>Loss with k heads removed: the CMA-ES set against ranked sets.</p>" + "".join(finding(f) for f in findings)
             + table(df))
 
 

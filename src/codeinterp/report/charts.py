@@ -49,6 +49,11 @@ def ci(mean, low, high) -> str:
     return f"{fmt(mean)} (95% CI {fmt(low)} to {fmt(high)})"
 
 
+def finding(text: str) -> str:
+    """The sentence of finding that opens a section (already escaped HTML)."""
+    return f"<p class='finding'>{text}</p>"
+
+
 def table(df: pl.DataFrame, max_rows: int | None = None) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
     rows = []
