@@ -91,7 +91,7 @@ def vllm_python():
 
 
 def uses_generations():
-    return config["targets"]["source"] in ("correct", "both")
+    return config["targets"]["source"] in ("correct", "both", "generated")
 
 
 def model_dir(model):

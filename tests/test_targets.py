@@ -144,3 +144,44 @@ def test_unknown_score_is_a_config_error():
 
     with pytest.raises(ConfigError, match="targets.score 'tokens'"):
         select_targets(frame(MBPP_CANON), None, None, byte_tokenizer(), "canonical", "code", True, 4096, None, score="tokens")
+
+
+def test_generated_source_keeps_failed_samples_and_answer_scores_the_chain():
+    """`generated` takes every judged sample with its outcome; `answer` scores the reasoning
+    chain and the code (BTP's regular mode), `all` only the code with the chain as context."""
+    tok = byte_tokenizer()
+    prompt = prompts.build_prompt(HE, tok, "reasoning", chat=True)
+    prompt_ids = prompts.encode_prompt(tok, prompt)
+    chain = "Double the helper.\n"
+    code = "def f(x):\n    return 2 * helper(x)\n"
+    completion = f"{chain}```python\n{code}```\nDone.\n"
+    ids = tok(completion, add_special_tokens=False)["input_ids"]
+    rows = [generations_row(prompt, completion, prompt_ids, ids, mode="reasoning", sample_index=i) for i in (0, 1)]
+    gens = pl.DataFrame(rows, schema=g.GENERATION_SCHEMA)
+    verdicts = pl.DataFrame({"problem_id": ["P", "P"], "sample_index": [0, 1], "status": ["passed", "timeout"]})
+    answer = select_targets(frame(HE), gens, verdicts, tok, "generated", "reasoning", True, 4096, None, score="answer")
+    assert answer["outcome"].to_list() == ["passed", "failed"]
+    t = answer.row(0, named=True)
+    assert t["answer_start"] == len(prompt_ids) == t["code_start"]
+    assert tok.decode(t["input_ids"][t["code_start"] : t["code_end"]]) == f"{chain}```python\n{code}"
+    assert t["code_end"] == t["all_end"]  # "Done." after the block is never scored
+    code_only = select_targets(frame(HE), gens, verdicts, tok, "generated", "reasoning", True, 4096, None, score="all")
+    c = code_only.row(1, named=True)
+    assert span_text(tok, c) == code and c["answer_start"] == len(prompt_ids)
+    # `correct` keeps only the passed sample; canonical targets say so
+    assert select_targets(frame(HE), gens, verdicts, tok, "correct", "reasoning", True, 4096, None)["outcome"].to_list() == ["passed"]
+    canon = select_targets(frame(HE_CANON), None, None, tok, "canonical", "code", True, 4096, None)
+    assert canon["outcome"].to_list() == ["canonical"]
+
+
+def test_generated_source_refuses_samples_without_verdicts():
+    from codeinterp.errors import ConfigError
+
+    tok = byte_tokenizer()
+    prompt = prompts.build_prompt(HE, tok, "code", chat=True)
+    prompt_ids = prompts.encode_prompt(tok, prompt)
+    code = "def f(x):\n    return 1\n"
+    ids = tok(code, add_special_tokens=False)["input_ids"]
+    gens = pl.DataFrame([generations_row(prompt, code, prompt_ids, ids, sample_index=i) for i in (0, 1)], schema=g.GENERATION_SCHEMA)
+    with pytest.raises(ConfigError, match="no verdict"):
+        select_targets(frame(HE), gens, PASSED, tok, "generated", "code", True, 4096, None)

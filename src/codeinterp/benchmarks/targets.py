@@ -11,7 +11,15 @@ included), followed by the answer's ids:
 Two character spans are mapped to tokens through offsets: `all` (the extracted code) and
 `body` (the solution body, `prompts.body_span`: for a full HumanEval function, what follows
 the signature and docstring it copies from the prompt). `code_start`/`code_end` hold the
-scored one, chosen by `score`, so analyses read one span whatever was chosen.
+scored one, chosen by `score`, so analyses read one span whatever was chosen. `answer`
+scores everything the model wrote up to the end of the code, [answer_start, all_end): a
+reasoning chain and its code both (BTP's "regular" mode), whereas `body` and `all` score
+code only with the chain in the context (BTP's "chain_code"); text after the code block is
+never scored.
+
+Sources: `canonical` solutions, `correct` generations (passed), `both`, or `generated`: every
+generated sample with an extractable code block, passed or not, so that analyses can
+compare passed with failed samples. `outcome` says which: canonical, passed or failed.
 """
 
 from __future__ import annotations
@@ -25,8 +33,8 @@ from codeinterp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("canonical", "correct", "both")
-SCORES = ("body", "all")
+SOURCES = ("canonical", "correct", "both", "generated")
+SCORES = ("body", "all", "answer")
 
 TARGET_SCHEMA = {
     "target_id": pl.Utf8,
@@ -37,7 +45,8 @@ TARGET_SCHEMA = {
     "mode": pl.Utf8,  # prompt mode: code | reasoning
     "chat": pl.Boolean,  # chat template (True) or completion prompt (False)
     "ids_source": pl.Utf8,  # generated | joint | split (see the module docstring)
-    "scored": pl.Utf8,  # body | all: which span code_start/code_end hold
+    "scored": pl.Utf8,  # body | all | answer: which span code_start/code_end hold
+    "outcome": pl.Utf8,  # canonical | passed | failed
     "text": pl.Utf8,
     "input_ids": pl.List(pl.Int64),
     "code_start": pl.Int64,
@@ -46,6 +55,7 @@ TARGET_SCHEMA = {
     "all_end": pl.Int64,
     "body_start": pl.Int64,
     "body_end": pl.Int64,
+    "answer_start": pl.Int64,  # first token of the answer (the prompt's ids come before)
     "n_tokens": pl.Int64,
 }
 
@@ -79,7 +89,8 @@ def assemble(target_id: str, prompt_text: str, prompt_ids: list[int], answer: st
     shift = len(prompt_ids)
     all_span = _span(offsets, *code, shift)
     body_span = _span(offsets, *body, shift) if answer[body[0] : body[1]].strip() else None
-    scored = body_span if score == "body" else all_span
+    scored = {"body": body_span, "all": all_span,
+              "answer": (shift, all_span[1]) if all_span else None}[score]
     if scored is None:
         return None
     input_ids = list(prompt_ids) + list(answer_ids)
@@ -94,6 +105,7 @@ def assemble(target_id: str, prompt_text: str, prompt_ids: list[int], answer: st
         "body_start": body_span[0] if body_span else None,
         "body_end": body_span[1] if body_span else None,
         "scored": score,
+        "answer_start": shift,
         "ids_source": ids_source,
         "n_tokens": len(input_ids),
     }
@@ -133,7 +145,7 @@ def canonical_targets(problems: pl.DataFrame, tokenizer, mode: str, chat: bool, 
                         body=prompts.body_span(row, code), score=score)
         if t:
             out.append({**t, "dataset": row["dataset"], "problem_id": row["problem_id"], "origin": "canonical",
-                        "sample_index": None, "mode": mode, "chat": chat})
+                        "outcome": "canonical", "sample_index": None, "mode": mode, "chat": chat})
     return out
 
 
@@ -155,18 +167,22 @@ def _generated_ids(tokenizer, g: dict) -> tuple[list[int], list[int], list[tuple
 
 
 def correct_targets(generations: pl.DataFrame, verdicts: pl.DataFrame, tokenizer, problems: pl.DataFrame | None = None,
-                    score: str = "body", chat: bool = True) -> list[dict]:
-    """Generated solutions that passed, with the exact recorded prompt ids as context.
+                    score: str = "body", chat: bool = True, only_passed: bool = True) -> list[dict]:
+    """Generated solutions that passed (every judged sample unless `only_passed`), with the
+    exact recorded prompt ids as context.
 
     The code is the block the program was built from (`prompts.extract_code_span`), so a
     sketch of the same code earlier in an explanation is context, not the target."""
     rows = {r["problem_id"]: r for r in problems.iter_rows(named=True)} if problems is not None else {}
-    passed = generations.join(
-        verdicts.filter(pl.col("status") == "passed").select("problem_id", "sample_index"),
-        on=["problem_id", "sample_index"],
+    judged = verdicts.filter(pl.col("status") == "passed") if only_passed else verdicts
+    samples = generations.join(
+        judged.select("problem_id", "sample_index", "status"), on=["problem_id", "sample_index"],
     ).sort("problem_id", "sample_index")
+    if not only_passed and len(samples) < len(generations):
+        raise ConfigError(f"targets.source generated: {len(generations) - len(samples)} generated sample(s) "
+                          "have no verdict (the verdicts table does not match the generations)")
     out = []
-    for g in passed.iter_rows(named=True):
+    for g in samples.iter_rows(named=True):
         replayed = g.get("backend") == "replay"
         start, end = prompts.extract_code_span(g["completion"], not replayed and prompts.is_prefilled(g["prompt"]))
         row = rows.get(g["problem_id"], {"dataset": g["dataset"], "test_type": "assert", "entry_point": ""})
@@ -176,6 +192,7 @@ def correct_targets(generations: pl.DataFrame, verdicts: pl.DataFrame, tokenizer
                      (start, end), (start + b0, start + b1), score, source)
         if t:
             out.append({**t, "dataset": g["dataset"], "problem_id": g["problem_id"], "origin": "generated",
+                        "outcome": "passed" if g["status"] == "passed" else "failed",
                         "sample_index": g["sample_index"], "mode": g["mode"], "chat": chat and not replayed})
     return out
 
@@ -190,8 +207,8 @@ def select_targets(problems: pl.DataFrame, generations: pl.DataFrame | None, ver
     rows = []
     if source in ("canonical", "both"):
         rows += canonical_targets(problems, tokenizer, mode, chat, score)
-    if source in ("correct", "both"):
-        rows += correct_targets(generations, verdicts, tokenizer, problems, score, chat)
+    if source in ("correct", "both", "generated"):
+        rows += correct_targets(generations, verdicts, tokenizer, problems, score, chat, only_passed=source != "generated")
     kept = [r for r in rows if r["n_tokens"] <= max_tokens]
     if len(kept) < len(rows):
         log.warning("dropped %d target(s) longer than targets.max_tokens=%d", len(rows) - len(kept), max_tokens)

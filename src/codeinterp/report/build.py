@@ -39,6 +39,9 @@ class Context:
         if t is None or not len(t):
             return f"{name}: no targets"
         origins = ", ".join(sorted(t["origin"].unique().to_list()))
+        if "outcome" in t.columns and t["outcome"].is_in(["passed", "failed"]).any():
+            counts = t.group_by("outcome").len().sort("outcome")
+            origins += ": " + ", ".join(f"{fmt(n)} {o}" for o, n in counts.iter_rows())
         span = ", ".join(sorted(t["scored"].unique().to_list())) if "scored" in t.columns else "all code"
         tokens = int((t["code_end"] - t["code_start"]).sum())
         mode = ", ".join(sorted(t["mode"].unique().to_list())) if "mode" in t.columns else \
