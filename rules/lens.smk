@@ -1,7 +1,17 @@
+def tuned_lens_enabled():
+    return config["tuned_lens"]["enabled"] and config["activations"]["enabled"]
+
+
+def layer_lens_inputs(wc):
+    inputs = {"model": model_dir(wc.model), "targets": f"results/{wc.model}/{wc.dataset}/targets.parquet"}
+    if tuned_lens_enabled():
+        inputs["tuned"] = f"results/{wc.model}/{wc.dataset}/lens/tuned_lens.safetensors"
+    return inputs
+
+
 rule layer_lens:
     input:
-        model=lambda wc: model_dir(wc.model),
-        targets="results/{model}/{dataset}/targets.parquet",
+        unpack(layer_lens_inputs),
     output:
         tokens="results/{model}/{dataset}/lens_tokens.parquet",
         layers=report(
@@ -21,3 +31,27 @@ rule layer_lens:
         mem_mb=8000,
     script:
         "../workflow/scripts/layer_lens.py"
+
+
+rule tuned_lens:
+    input:
+        model=lambda wc: model_dir(wc.model),
+        targets="results/{model}/{dataset}/targets.parquet",
+        activations="results/{model}/{dataset}/activations",
+    output:
+        translators="results/{model}/{dataset}/lens/tuned_lens.safetensors",
+        training="results/{model}/{dataset}/lens/tuned_training.parquet",
+        timing="results/{model}/{dataset}/lens/tuned_timing.json",
+    params:
+        tuned=config["tuned_lens"],
+        seed=config["seed"],
+        config=bootstrap_params(),
+    conda:
+        "../envs/codeinterp.yaml"
+    log:
+        "logs/tuned_lens/{model}/{dataset}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    script:
+        "../workflow/scripts/tuned_lens.py"

@@ -1,27 +1,42 @@
+import json
+import logging
+
 import polars as pl
 
-from codeinterp.analyses.lens import layer_lens
+from codeinterp.analyses.lens import label_segments, layer_lens, layer_table
+from codeinterp.analyses.tuned_lens import load_translators
+from codeinterp.access.hooks import check_decomposition
 from codeinterp.access.models import load_model
-from codeinterp.access.scoring import targets_from_frame
-from codeinterp.uncertainty import Bootstrap, summarise_columns
+from codeinterp.access.scoring import batches, targets_from_frame
+from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import run_script, target_facts, write_parquet
 
-STATISTICS = ["entropy", "cross_entropy", "top1_accuracy", "kl_to_final"]
+log = logging.getLogger("codeinterp.layer_lens")
 
 
 def main(smk):
     model, tokenizer = load_model(smk.input.model)
     table = pl.read_parquet(smk.input.targets)
-    tokens = layer_lens(model, targets_from_frame(table), smk.params.batch_size, tokenizer.pad_token_id or 0)
-    # Each target weighs the same whatever its length: mean over its tokens first, then over targets.
-    per_target = tokens.group_by("target_id", "layer").agg(
-        pl.col("entropy").mean(), pl.col("cross_entropy").mean(),
-        pl.col("top1_correct").cast(pl.Float64).mean().alias("top1_accuracy"), pl.col("kl_to_final").mean(),
-    )
-    layers = summarise_columns(per_target, "target_id", ["layer"], STATISTICS, Bootstrap.from_config(smk.params.config))
+    targets = targets_from_frame(table)
+    pad = tokenizer.pad_token_id or 0
+    translators, heldout = None, None
+    tuned = list(smk.input.get("tuned", []) or [])
+    if tuned:
+        translators, meta = load_translators(tuned[0])
+        problems = set(json.loads(meta["heldout_problems"]))
+        heldout = set(table.filter(pl.col("problem_id").is_in(sorted(problems)))["target_id"].to_list())
+        log.info("tuned lens: layers %s; %d held-out problems, %d held-out targets",
+                 sorted(translators), len(problems), len(heldout))
+    if targets:
+        # The lens reads hooked residual sites: stop if they do not add up for this architecture.
+        first = next(iter(batches(targets[:1], 1, pad)))
+        check_decomposition(model, first.input_ids, first.attention_mask)
+    tokens = layer_lens(model, targets, smk.params.batch_size, pad, translators, heldout)
+    tokens = label_segments(tokens, table)
+    layers = layer_table(tokens, Bootstrap.from_config(smk.params.config))
     if len(layers):
         facts = target_facts(table)
-        layers = layers.rename({"n": "n_targets"}).with_columns(
+        layers = layers.with_columns(
             pl.lit(facts["n_scored_tokens"], dtype=pl.Int64).alias("n_scored_tokens"),
             pl.lit(facts["target_origin"]).alias("target_origin"), pl.lit(facts["scored_span"]).alias("scored_span"),
         )

@@ -1,0 +1,102 @@
+"""Train the tuned lens on the cached residuals of a training split of problems and measure its
+KL to the model's output, and the logit lens's, on both splits. Timings go to the log and a
+separate JSON (never into the result table)."""
+
+import json
+import logging
+import time
+
+import polars as pl
+import torch
+
+from codeinterp.analyses.activations import ActivationCache
+from codeinterp.analyses.tuned_lens import (
+    frozen_readout, lens_kl, ridge_init, save_translators, split_problems, train_translator,
+)
+from codeinterp.access.architectures import layout
+from codeinterp.access.models import load_model
+from codeinterp.errors import ConfigError
+from codeinterp.uncertainty import Bootstrap, summarise_columns
+from codeinterp.workflow import run_script, write_json, write_parquet
+
+log = logging.getLogger("codeinterp.tuned_lens")
+
+
+def trained_layers(cfg: dict, n: int) -> list[int]:
+    layers = list(range(n)) if cfg["layers"] is None else sorted(set(cfg["layers"]))
+    bad = [l for l in layers if not 0 <= l < n]
+    if bad:
+        raise ConfigError(f"tuned_lens.layers: {bad} not below the last layer ({n}); the last layer's lens is the identity")
+    return layers
+
+
+def read(cache, site: str, rows: pl.DataFrame) -> torch.Tensor:
+    return torch.as_tensor(cache.read(site, rows), dtype=torch.float32)
+
+
+def splits(cache, table: pl.DataFrame, cfg: dict, seed: int) -> dict[str, pl.DataFrame]:
+    """Cache rows of each split (problems split by a seeded draw), with their problem_id."""
+    rows = cache.rows.join(table.select("target_id", "problem_id"), on="target_id", how="inner").sort("row")
+    problems = sorted(rows["problem_id"].unique().to_list())
+    if len(problems) < 2:
+        raise ConfigError(f"tuned_lens: the activation cache holds {len(problems)} problem(s); "
+                          "a train/held-out split needs at least two")
+    train, test = split_problems(problems, cfg["test_fraction"], seed)
+    return {"train": rows.filter(pl.col("problem_id").is_in(train)), "heldout": rows.filter(pl.col("problem_id").is_in(test))}
+
+
+def main(smk):
+    cfg, seed = smk.params.tuned, int(smk.params.seed)
+    model, _ = load_model(smk.input.model)
+    readout = frozen_readout(model)
+    n = len(layout(model).blocks)
+    cache = ActivationCache(smk.input.activations)
+    missing = [f"resid.{l}" for l in range(n + 1) if f"resid.{l}" not in cache.sites]
+    if missing:
+        raise ConfigError(f"tuned_lens needs activations.sites to include resid (cache lacks {', '.join(missing[:3])})")
+    parts = splits(cache, pl.read_parquet(smk.input.targets), cfg, seed)
+    final = {s: read(cache, f"resid.{n}", rows) for s, rows in parts.items()}
+    translators, per_token, timing = {}, [], {}
+    for layer in trained_layers(cfg, n):
+        x = {s: read(cache, f"resid.{layer}", rows) for s, rows in parts.items()}
+        start = time.perf_counter()
+        init = ridge_init(x["train"], final["train"], cfg["ridge_alpha"]) if cfg["warm_start"] == "ridge" else None
+        translator, history = train_translator(
+            readout, x["train"], final["train"], steps=cfg["steps"], tokens_per_step=cfg["tokens_per_step"],
+            lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], clip=cfg["clip"],
+            seed=seed + layer, init=init)
+        seconds = time.perf_counter() - start
+        translators[layer] = translator
+        for s, rows in parts.items():
+            per_token.append(rows.select("problem_id").with_columns(
+                layer=pl.lit(layer, pl.Int64), split=pl.lit(s),
+                logit_kl=pl.Series(lens_kl(readout, x[s], final[s]).double().numpy()),
+                tuned_kl=pl.Series(lens_kl(readout, x[s], final[s], translator).double().numpy())))
+        step_tokens = min(cfg["tokens_per_step"], len(x["train"]))
+        timing[str(layer)] = {"seconds": round(seconds, 3), "train_tokens": len(x["train"]),
+                              "tokens_per_step": step_tokens, "steps": cfg["steps"],
+                              "first_loss": history[0], "last_loss": history[-1]}
+        log.info("layer %d: %d steps x %d tokens (of %d train tokens) in %.1f s; train KL %.4g -> %.4g",
+                 layer, cfg["steps"], step_tokens, len(x["train"]), seconds, history[0], history[-1])
+    tokens = pl.concat(per_token).with_columns((pl.col("tuned_kl") - pl.col("logit_kl")).alias("kl_change"))
+    write_parquet(summary(tokens, Bootstrap.from_config(smk.params.config)), smk.output.training)
+    save_translators(translators, smk.output.translators, {
+        "heldout_problems": json.dumps(sorted(parts["heldout"]["problem_id"].unique().to_list())),
+        "train_problems": json.dumps(sorted(parts["train"]["problem_id"].unique().to_list())),
+        "seed": str(seed), "config": json.dumps(cfg, sort_keys=True), "n_layers": str(n)})
+    write_json({"layers": timing, "threads": torch.get_num_threads()}, smk.output.timing)
+
+
+def summary(tokens: pl.DataFrame, boot: Bootstrap) -> pl.DataFrame:
+    """Per (layer, split): each problem's mean KL over its tokens, then the mean over problems with a
+    bootstrap interval over problems; kl_change = tuned - logit (negative: the tuned lens is closer)."""
+    by = ["layer", "split"]
+    per_problem = tokens.group_by("problem_id", *by).agg(pl.col("logit_kl", "tuned_kl", "kl_change").mean(),
+                                                         pl.len().alias("n_tokens"))
+    out = summarise_columns(per_problem, "problem_id", by, ["logit_kl", "tuned_kl", "kl_change"], boot)
+    counts = per_problem.group_by(by).agg(pl.col("n_tokens").sum())
+    return (out.rename({"n": "n_problems"}).join(counts, on=by, how="left")
+            .with_columns((pl.col("tuned_kl") <= pl.col("logit_kl")).alias("tuned_below_logit")).sort(by))
+
+
+run_script(snakemake, main)  # noqa: F821
