@@ -254,7 +254,7 @@ class ActivationCache:
         counts = end - start
         n = int(counts.sum())
         # position = start of its target + rank within the target
-        first_row = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        first_row = np.cumsum(counts) - counts
         within = np.arange(n, dtype=np.int64) - np.repeat(first_row, counts)
         return pl.DataFrame({
             "row": np.arange(n, dtype=np.int64),
