@@ -1,0 +1,29 @@
+import dataclasses
+
+import polars as pl
+import torch
+
+from codeinterp.access.models import load_model, read_facts
+from codeinterp.access.scoring import targets_from_frame
+from codeinterp.analyses.activations import write_cache
+from codeinterp.errors import ConfigError
+from codeinterp.workflow import run_script
+
+
+def main(smk):
+    settings = smk.params.settings
+    if not settings["enabled"]:
+        raise ConfigError("activations.enabled is false, but a stage asked for the activation cache")
+    # The forward is deterministic in eval mode; seeded anyway so nothing random can vary.
+    torch.manual_seed(smk.params.seed)
+    model, tokenizer = load_model(smk.input.model)
+    targets = targets_from_frame(pl.read_parquet(smk.input.targets))
+    write_cache(
+        model, targets, smk.output[0],
+        sites=list(settings["sites"]), positions=settings["positions"], dtype=settings["dtype"],
+        shard_tokens=settings["shard_tokens"], batch_size=settings["batch_size"],
+        pad_id=tokenizer.pad_token_id or 0, meta=dataclasses.asdict(read_facts(smk.input.model)),
+    )
+
+
+run_script(snakemake, main)  # noqa: F821
