@@ -49,6 +49,8 @@ def test_valid_config_fills_defaults():
     (tiny(ablation={"kinds": ["zero"], "rank_by": "mean"}), "config: ablation.rank_by: 'mean' is not among ablation.kinds"),
     (tiny(generation__backend="vllm", ablation={"rank_by": "mean"}), "config: ablation.rank_by: mean ablation cannot be baked"),
     (tiny(models={"t": {"source": "tiny-random", "tiny": {"n_heads": 6, "n_kv_heads": 4}}}), "models.t.tiny"),
+    (tiny(activations={"enabled": False}), "config: tuned_lens.enabled: tuned_lens reads cached residuals"),
+    (tiny(activations={"sites": ["mlp"]}, tuned_lens={"enabled": False}), "config: probes.enabled: probes reads cached residuals"),
 ])
 def test_one_line_naming_the_key(cfg, expected, tmp_path):
     message = problem(cfg, tmp_path)

@@ -83,10 +83,23 @@ def check_semantics(config: dict) -> list[str]:
             "ablation.rank_by: mean ablation cannot be baked into a pruned vLLM checkpoint (o_proj has no bias "
             "to hold the mean); use generation.backend: transformers or rank_by: zero"
         )
+    problems += _cache_readers(config)
     for name, spec in sorted(config["models"].items()):
         if spec.get("source") == "tiny-random":
             problems += _tiny_problems(name, spec)
     return problems
+
+
+def _cache_readers(config: dict) -> list[str]:
+    """Stages that read cached residuals need the cache to hold them."""
+    cache = config["activations"]
+    has_resid = cache["enabled"] and "resid" in cache["sites"]
+    return [
+        f"{stage}.enabled: {stage} reads cached residuals; set activations.enabled: true with resid in "
+        f"activations.sites, or {stage}.enabled: false"
+        for stage in ("tuned_lens", "probes", "representation_map")
+        if config[stage]["enabled"] and not has_resid
+    ]
 
 
 def validate_config(config: dict, schema_path: str | Path, log_path: str | Path | None = None) -> None:
