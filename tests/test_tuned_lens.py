@@ -116,7 +116,12 @@ def test_split_by_problem_is_seeded_and_disjoint():
 def test_translators_round_trip(tmp_path):
     x, y = planted(n=50)
     t = tl.ridge_init(x, y, alpha=1.0)
-    tl.save_translators({3: t}, tmp_path / "t.safetensors", {"heldout_problems": "[\"a\"]"})
-    back, meta = tl.load_translators(tmp_path / "t.safetensors")
-    assert meta["heldout_problems"] == "[\"a\"]"
-    assert torch.equal(back[3](x), t(x))
+    meta = {"heldout_problems": ["a", "b"], "seed": 3, "config": {"steps": 2, "lr": 1.0}}
+    tl.save_translators({3: t, 1: tl.Translator(16)}, tmp_path / "t.safetensors", meta)
+    back, got = tl.load_translators(tmp_path / "t.safetensors")
+    assert got == meta and sorted(back) == [1, 3]
+    assert torch.equal(back[3](x), t(x)) and torch.equal(back[1](x), x)
+    # Same translators and metadata, same bytes (safetensors would order several metadata keys freely).
+    for i in range(5):
+        tl.save_translators({3: t, 1: tl.Translator(16)}, tmp_path / f"u{i}.safetensors", meta)
+        assert (tmp_path / f"u{i}.safetensors").read_bytes() == (tmp_path / "t.safetensors").read_bytes()

@@ -1,4 +1,3 @@
-import json
 import logging
 
 import polars as pl
@@ -20,10 +19,10 @@ def main(smk):
     targets = targets_from_frame(table)
     pad = tokenizer.pad_token_id or 0
     translators, heldout = None, None
-    tuned = list(smk.input.get("tuned", []) or [])
+    tuned = smk.input.get("tuned")  # absent when tuned_lens is disabled
     if tuned:
-        translators, meta = load_translators(tuned[0])
-        problems = set(json.loads(meta["heldout_problems"]))
+        translators, meta = load_translators(tuned)
+        problems = set(meta["heldout_problems"])
         heldout = set(table.filter(pl.col("problem_id").is_in(sorted(problems)))["target_id"].to_list())
         log.info("tuned lens: layers %s; %d held-out problems, %d held-out targets",
                  sorted(translators), len(problems), len(heldout))

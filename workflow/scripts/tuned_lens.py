@@ -2,7 +2,6 @@
 KL to the model's output, and the logit lens's, on both splits. Timings go to the log and a
 separate JSON (never into the result table)."""
 
-import json
 import logging
 import time
 
@@ -11,12 +10,12 @@ import torch
 
 from codeinterp.analyses.activations import ActivationCache
 from codeinterp.analyses.tuned_lens import (
-    frozen_readout, lens_kl, ridge_init, save_translators, split_problems, train_translator,
+    frozen_readout, lens_kl, ridge_init, save_translators, split_problems, train_translator, training_summary,
 )
 from codeinterp.access.architectures import layout
 from codeinterp.access.models import load_model
 from codeinterp.errors import ConfigError
-from codeinterp.uncertainty import Bootstrap, summarise_columns
+from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import run_script, write_json, write_parquet
 
 log = logging.getLogger("codeinterp.tuned_lens")
@@ -31,7 +30,7 @@ def trained_layers(cfg: dict, n: int) -> list[int]:
 
 
 def read(cache, site: str, rows: pl.DataFrame) -> torch.Tensor:
-    return torch.as_tensor(cache.read(site, rows), dtype=torch.float32)
+    return cache.read(site, rows["row"].to_numpy())
 
 
 def splits(cache, table: pl.DataFrame, cfg: dict, seed: int) -> dict[str, pl.DataFrame]:
@@ -78,25 +77,13 @@ def main(smk):
                               "first_loss": history[0], "last_loss": history[-1]}
         log.info("layer %d: %d steps x %d tokens (of %d train tokens) in %.1f s; train KL %.4g -> %.4g",
                  layer, cfg["steps"], step_tokens, len(x["train"]), seconds, history[0], history[-1])
-    tokens = pl.concat(per_token).with_columns((pl.col("tuned_kl") - pl.col("logit_kl")).alias("kl_change"))
-    write_parquet(summary(tokens, Bootstrap.from_config(smk.params.config)), smk.output.training)
+    tokens = pl.concat(per_token)
+    write_parquet(training_summary(tokens, Bootstrap.from_config(smk.params.config)), smk.output.training)
     save_translators(translators, smk.output.translators, {
-        "heldout_problems": json.dumps(sorted(parts["heldout"]["problem_id"].unique().to_list())),
-        "train_problems": json.dumps(sorted(parts["train"]["problem_id"].unique().to_list())),
-        "seed": str(seed), "config": json.dumps(cfg, sort_keys=True), "n_layers": str(n)})
+        "heldout_problems": sorted(parts["heldout"]["problem_id"].unique().to_list()),
+        "train_problems": sorted(parts["train"]["problem_id"].unique().to_list()),
+        "seed": seed, "config": cfg, "n_layers": n})
     write_json({"layers": timing, "threads": torch.get_num_threads()}, smk.output.timing)
-
-
-def summary(tokens: pl.DataFrame, boot: Bootstrap) -> pl.DataFrame:
-    """Per (layer, split): each problem's mean KL over its tokens, then the mean over problems with a
-    bootstrap interval over problems; kl_change = tuned - logit (negative: the tuned lens is closer)."""
-    by = ["layer", "split"]
-    per_problem = tokens.group_by("problem_id", *by).agg(pl.col("logit_kl", "tuned_kl", "kl_change").mean(),
-                                                         pl.len().alias("n_tokens"))
-    out = summarise_columns(per_problem, "problem_id", by, ["logit_kl", "tuned_kl", "kl_change"], boot)
-    counts = per_problem.group_by(by).agg(pl.col("n_tokens").sum())
-    return (out.rename({"n": "n_problems"}).join(counts, on=by, how="left")
-            .with_columns((pl.col("tuned_kl") <= pl.col("logit_kl")).alias("tuned_below_logit")).sort(by))
 
 
 run_script(snakemake, main)  # noqa: F821

@@ -162,7 +162,7 @@ def layer_table(tokens: pl.DataFrame, boot: Bootstrap) -> pl.DataFrame:
         # and the bootstrap needs every layer of a curve to have the same targets: one call per curve.
         for key, curve in means.group_by(GROUPS[:-1], maintain_order=True):
             s = summarise_columns(curve, "target_id", ["layer"], STATISTICS, boot)
-            n_tok = curve.group_by("layer").agg(pl.col("n_tokens").sum())
+            n_tok = curve.group_by("layer").agg(pl.col("n_tokens").sum().cast(pl.Int64))
             frames.append(s.rename({"n": "n_targets"}).join(n_tok, on="layer", how="left").with_columns(
                 *[pl.lit(v).alias(c) for c, v in zip(GROUPS[:-1], key)]))
     return pl.concat(frames, how="diagonal").select(*GROUPS, pl.exclude(GROUPS)).sort(GROUPS)

@@ -19,11 +19,15 @@ Library functions take tensors; the `tuned_lens` script reads the activation cac
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import polars as pl
 import torch
 from sklearn.linear_model import Ridge
 
 from codeinterp.access.architectures import layout
+from codeinterp.uncertainty import Bootstrap, summarise_columns
 
 
 class Translator(torch.nn.Module):
@@ -124,7 +128,25 @@ def lens_kl(readout, x: torch.Tensor, final: torch.Tensor, translator: Translato
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def save_translators(translators: dict[int, Translator], path, metadata: dict[str, str]) -> None:
+def training_summary(tokens: pl.DataFrame, boot: Bootstrap) -> pl.DataFrame:
+    """Per (layer, split) from per-token rows (problem_id, layer, split, logit_kl, tuned_kl): each
+    problem's mean over its tokens, then the mean over problems with a bootstrap interval over
+    problems; kl_change = tuned - logit (negative: the tuned lens is closer to the output)."""
+    tokens = tokens.with_columns((pl.col("tuned_kl") - pl.col("logit_kl")).alias("kl_change"))
+    values = ["logit_kl", "tuned_kl", "kl_change"]
+    frames = []
+    # The two splits have different problems, and the bootstrap wants the same units in every group.
+    for (split,), part in tokens.group_by("split", maintain_order=True):
+        per_problem = part.group_by("problem_id", "layer").agg(pl.col(*values).mean(), pl.len().alias("n_tokens"))
+        s = summarise_columns(per_problem, "problem_id", ["layer"], values, boot)
+        counts = per_problem.group_by("layer").agg(pl.col("n_tokens").sum().cast(pl.Int64))
+        frames.append(s.rename({"n": "n_problems"}).join(counts, on="layer", how="left")
+                      .with_columns(pl.lit(split).alias("split")))
+    out = pl.concat(frames).with_columns((pl.col("tuned_kl") <= pl.col("logit_kl")).alias("tuned_below_logit"))
+    return out.select("layer", "split", pl.exclude("layer", "split")).sort("layer", "split")
+
+
+def save_translators(translators: dict[int, Translator], path, metadata: dict) -> None:
     """Write {layer: translator} as safetensors (`{layer}.weight`, `{layer}.bias`), atomically."""
     from pathlib import Path
 
@@ -137,17 +159,19 @@ def save_translators(translators: dict[int, Translator], path, metadata: dict[st
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
+    # One metadata entry: safetensors writes a map of several in no fixed order, so the same
+    # translators would not give the same bytes.
+    save_file(tensors, str(tmp), metadata={"codeinterp": json.dumps(metadata, sort_keys=True)})
     tmp.replace(path)
 
 
-def load_translators(path) -> tuple[dict[int, Translator], dict[str, str]]:
+def load_translators(path) -> tuple[dict[int, Translator], dict]:
     """The translators by layer and the file's metadata (the split and training settings)."""
     from safetensors import safe_open
 
     translators = {}
     with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+        metadata = json.loads((f.metadata() or {}).get("codeinterp", "{}"))
         layers = sorted({int(k.split(".")[0]) for k in f.keys()})
         for layer in layers:
             w = f.get_tensor(f"{layer}.weight")
