@@ -150,3 +150,69 @@ def test_layer_table_per_segment_and_outcome():
     single = lens.layer_table(synthetic_tokens().with_columns(segment=pl.lit("code"), outcome=pl.lit("all")),
                               Bootstrap(200, 0.95, 0))
     assert single[["segment", "outcome"]].rows() == [("all", "all")]
+
+
+def layer_rows(lens_name, split, kl, n=6, segment="all", outcome="all"):
+    """A layer table curve with the given KL per layer (other statistics fixed)."""
+    rows = []
+    for layer, k in enumerate(kl):
+        row = {"lens": lens_name, "split": split, "segment": segment, "outcome": outcome, "layer": layer,
+               "n_targets": n, "n_tokens": 10 * n, "n_scored_tokens": 60, "target_origin": "canonical",
+               "scored_span": "body"}
+        for stat, v in {"entropy": 2.0, "cross_entropy": 5.0 - layer, "rank": 3.0, "top1_accuracy": 0.5,
+                        "top1_agreement": 0.5, "kl_to_final": k}.items():
+            row.update({stat: v, f"{stat}_ci_low": v * 0.9, f"{stat}_ci_high": v * 1.1})
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+class FakeContext:
+    def __init__(self):
+        from codeinterp.report.charts import Charts
+
+        self.charts = Charts()
+
+    def about(self, m, d):
+        return f"{m} / {d}"
+
+
+def test_report_names_layers_where_the_tuned_lens_is_worse(tmp_path):
+    from codeinterp.report import lens as section
+
+    logit = layer_rows("logit", "heldout", [4.0, 2.0, 1.0, 0.0])
+    good = layer_rows("tuned", "heldout", [1.0, 0.1, 0.05, 0.0])
+    bad = layer_rows("tuned", "heldout", [1.0, 3.0, 0.05, 0.0])
+    assert "every one of the 3 trained layers" in section.tuned_finding(logit, good)
+    assert "from layer 1" in section.tuned_finding(logit, good)  # 0.1 <= a tenth of 4
+    text = section.tuned_finding(logit, bad)
+    assert "NOT below" in text and "1 of 3" in text and "layers 1" in text
+    table = pl.concat([layer_rows("logit", "all", [4.0, 2.0, 1.0, 0.0]), logit, bad,
+                       layer_rows("logit", "all", [4.0, 2.0, 1.0, 0.0], n=3, outcome="passed"),
+                       layer_rows("logit", "all", [3.0, 2.0, 1.0, 0.0], n=3, outcome="failed")])
+    table.write_parquet(tmp_path / "layers.parquet")
+    ctx = FakeContext()
+    html = section.section({("m", "d"): tmp_path / "layers.parquet"}, ctx)
+    assert "NOT below" in html and "per outcome" in html and "per segment" not in html
+    assert "Cross-entropy of the true token goes from 5 nats" in html
+    assert len(ctx.charts.specs) == 2
+
+
+def test_report_training_table(tmp_path):
+    from codeinterp.report import lens as section
+    from codeinterp.analyses.tuned_lens import training_summary
+
+    rows = []
+    for p in range(6):
+        for split in ("train", "heldout"):
+            for layer in (0, 1):
+                worse = split == "heldout" and layer == 1
+                rows.append({"problem_id": f"{split}{p}", "layer": layer, "split": split,
+                             "logit_kl": 1.0, "tuned_kl": 1.5 if worse else 0.25})
+    summary = training_summary(pl.DataFrame(rows), Bootstrap(200, 0.95, 0))
+    held = summary.filter(pl.col("split") == "heldout").sort("layer")
+    assert held["tuned_below_logit"].to_list() == [True, False]
+    assert held["kl_change"].to_list() == pytest.approx([-0.75, 0.5])
+    assert held["n_problems"].to_list() == [6, 6]
+    summary.write_parquet(tmp_path / "t.parquet")
+    html = section.training_section({("m", "d"): tmp_path / "t.parquet"}, FakeContext())
+    assert "above the logit lens at layers 1" in html

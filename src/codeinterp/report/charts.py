@@ -93,32 +93,45 @@ LENS_STATISTICS = {
 
 
 def _lens_scale(stat: str, low: pl.Series, high: pl.Series) -> alt.Scale:
-    """Accuracy on [0, 1]; nats on a log axis spanning the data (the embeddings' layer can sit an
-    order of magnitude above the rest), symlog when the data touch zero (KL at the output)."""
-    if stat == "top1_accuracy":
+    """Fractions on [0, 1]; nats and ranks on a log axis spanning the data (the embeddings' layer
+    can sit an order of magnitude above the rest), symlog when the data touch zero (KL at the
+    output, rank 0), with its linear region set by the smallest positive value so that small
+    KLs (a tuned lens near the output) are not flattened onto zero."""
+    if stat in ("top1_accuracy", "top1_agreement"):
         return alt.Scale(domain=[0, 1])
-    lo, hi = float(low.min()), float(high.max())
+    values = pl.concat([low, high]).drop_nulls().drop_nans()
+    if not len(values):
+        return alt.Scale(zero=False)
+    lo, hi = float(values.min()), float(values.max())
     if lo > 0 and hi > lo:
         return alt.Scale(type="log", domain=[lo, hi], nice=False)
-    return alt.Scale(type="symlog", domain=[min(lo, 0.0), max(hi, 1e-9)], nice=False)
+    positive = values.filter(values > 0)
+    constant = float(positive.min()) if len(positive) else 1.0
+    return alt.Scale(type="symlog", constant=constant, domain=[min(lo, 0.0), max(hi, 1e-9)], nice=False)
 
 
-def lens_chart(layers: pl.DataFrame, title: str) -> alt.VConcatChart:
-    """One panel per statistic (two by two), mean over targets with its bootstrap band."""
+def lens_chart(layers: pl.DataFrame, title: str, statistics: dict[str, str] | None = None,
+               color: str | None = None) -> alt.VConcatChart:
+    """One panel per statistic (two per row), mean over targets with its bootstrap band; with
+    `color`, one curve per value of that column (e.g. lens, segment or outcome) on shared axes."""
+    statistics = statistics or LENS_STATISTICS
     panels = []
-    for stat, label in LENS_STATISTICS.items():
-        df = layers.select("layer", pl.col(stat).alias("value"), pl.col(f"{stat}_ci_low").fill_nan(pl.col(stat)).alias("low"),
+    for stat, label in statistics.items():
+        df = layers.select("layer", *([color] if color else []), pl.col(stat).cast(pl.Float64).alias("value"),
+                           pl.col(f"{stat}_ci_low").fill_nan(pl.col(stat)).alias("low"),
                            pl.col(f"{stat}_ci_high").fill_nan(pl.col(stat)).alias("high"))
         scale = _lens_scale(stat, df["low"], df["high"])
+        enc = {"color": alt.Color(f"{color}:N", title=None, legend=alt.Legend(orient="bottom", labelLimit=400))} if color else {}
         base = alt.Chart(df).encode(x=alt.X("layer:Q", title="layer (0 = embeddings)",
-                                            axis=alt.Axis(tickMinStep=1, format="d")))
-        band = base.mark_area(opacity=0.25).encode(y=alt.Y("low:Q", scale=scale, title=label), y2="high:Q")
-        line = base.mark_line(point=True).encode(
+                                            axis=alt.Axis(tickMinStep=1, format="d")), **enc)
+        band = base.mark_area(opacity=0.2, clip=True).encode(y=alt.Y("low:Q", scale=scale, title=label), y2="high:Q")
+        line = base.mark_line(point=True, clip=True).encode(
             y=alt.Y("value:Q", scale=scale),
-            tooltip=["layer", alt.Tooltip("value:Q", format=".3g"), alt.Tooltip("low:Q", format=".3g"),
-                     alt.Tooltip("high:Q", format=".3g")])
+            tooltip=["layer", *([color] if color else []), alt.Tooltip("value:Q", format=".3g"),
+                     alt.Tooltip("low:Q", format=".3g"), alt.Tooltip("high:Q", format=".3g")])
         panels.append((band + line).properties(width=360, height=170, title=label))
-    return alt.vconcat(alt.hconcat(*panels[:2]), alt.hconcat(*panels[2:])).properties(title=title)
+    rows = [alt.hconcat(*panels[i : i + 2]) for i in range(0, len(panels), 2)]
+    return alt.vconcat(*rows).properties(title=title)
 
 
 def robust_extent(values: np.ndarray) -> float:
