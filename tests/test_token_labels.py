@@ -69,9 +69,11 @@ SNIPPETS = {
          ("(", 0, dict(label_source="fallback", lexical="string", n_open=0, depth_total=0)),
          ("def", 0, dict(lexical="string", in_string=True))]),
     "bad_dedent": (
-        "if a:\n    b = 1\n  c = (2)\n",
+        "if a:\n    b = 1\n  c = (rb'[', 2)\n",
         [("b", 0, dict(label_source="tokenize", indent_level=1)),
          ("c", 0, dict(label_source="fallback", lexical="identifier", indent_level=None)),
+         ("rb", 0, dict(label_source="fallback", lexical="string", depth_paren=1)),
+         ("[", 0, dict(lexical="string", n_open=0, depth_square=0)),
          ("2", 0, dict(label_source="fallback", lexical="number", depth_paren=1)),
          (")", 0, dict(lexical="bracket_close", n_close=1, depth_paren=1))]),
     "string_brackets": (

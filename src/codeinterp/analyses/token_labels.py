@@ -87,7 +87,6 @@ TOKEN_SCHEMA = {
 }
 
 
-# ---------------------------------------------------------------- text from ids
 
 def decoder(tokenizer):
     """ids -> text: special tokens kept, no clean-up of spaces (the fast backend when there is one)."""
@@ -120,7 +119,6 @@ def token_pieces(decode, ids: list[int]) -> list[str]:
     return pieces
 
 
-# ---------------------------------------------------------------- Python tokens
 
 @dataclass
 class PyTokens:
@@ -131,14 +129,11 @@ class PyTokens:
     fallback_start: int  # characters from here on were lexed by the fallback
 
 
+# Alternatives in order: strings before names (a prefix such as f or rb is a name's letters).
 _FALLBACK = re.compile("|".join(f"(?P<{k}>{v})" for k, v in [
     ("comment", r"#[^\r\n]*"),
     ("string", r"(?i:[rbuf]{0,2})(?:'''[\s\S]*?(?:'''|\Z)|\"\"\"[\s\S]*?(?:\"\"\"|\Z)|'[^\n']*'?|\"[^\n\"]*\"?)"),
-    ("number", tk.Number),
-    ("name", r"\w+"),
-    ("nl", r"\r?\n"),
-    ("space", r"[ \t\f\\]+"),
-    ("op", r"[^\s\w]"),
+    ("number", tk.Number), ("name", r"\w+"), ("nl", r"\r?\n"), ("space", r"[ \t\f\\]+"), ("op", r"[^\s\w]"),
 ]))
 _FALLBACK_TYPES = {"comment": tk.COMMENT, "string": tk.STRING, "number": tk.NUMBER, "name": tk.NAME,
                    "nl": tk.NL, "op": tk.OP}
@@ -171,7 +166,6 @@ def python_tokens(code: str, line_starts: list[int]) -> PyTokens:
     return PyTokens(toks, levels, len(code))
 
 
-# ---------------------------------------------------------------- the AST
 
 def _parse(code: str) -> tuple[ast.Module | None, bool]:
     """The tree and whether it was parsed inside an `if True:` wrapper (an indented start)."""
@@ -201,11 +195,11 @@ class Spans:
         self.code, self.starts, self.shift = code, line_starts, line_shift
 
     def char(self, line: int, col: int) -> int:
-        row = line - 1 - self.shift
-        text = self.code[self.starts[row] :]
-        # ast columns count UTF-8 bytes
-        col = col if text[:col].isascii() else len(text.encode()[:col].decode(errors="ignore"))
-        return self.starts[row] + col
+        start = self.starts[line - 1 - self.shift]
+        if not self.code[start : start + col].isascii():  # ast columns count UTF-8 bytes
+            end = self.code.find("\n", start)
+            col = len(self.code[start : None if end < 0 else end].encode()[:col].decode(errors="ignore"))
+        return start + col
 
     def of(self, node: ast.AST) -> tuple[int, int] | None:
         if getattr(node, "lineno", None) is None or node.end_lineno is None or node.lineno - 1 - self.shift < 0:
@@ -277,7 +271,6 @@ def ast_labels(code: str, line_starts: list[int], name_starts: list[int]) -> Ast
     return out
 
 
-# ---------------------------------------------------------------- per-character labels
 
 def _name_category(string: str, start: int, prev: str | None, al: AstLabels | None) -> int:
     if keyword.iskeyword(string):
@@ -397,7 +390,6 @@ class CodeLabels:
         }
 
 
-# ---------------------------------------------------------------- the table
 
 REQUIRED = ("target_id", "problem_id", "input_ids", "code_start", "code_end", "all_start", "all_end")
 LABELS = list(TOKEN_SCHEMA)[9:]  # parse_ok onwards: null outside the code span
@@ -412,7 +404,7 @@ def _target_rows(decode, row: dict, cols: dict[str, list]) -> None:
     ends = np.cumsum([len(p) for p in pieces]).tolist()
     starts = [0] + ends[:-1]
     a0, a1 = row["all_start"], row["all_end"]
-    has_code = a0 is not None and a1 is not None and a1 > a0
+    has_code = a0 is not None and a1 is not None and ends[a1 - 1] > starts[a0]
     if has_code:
         c0 = starts[a0]
         labels = CodeLabels("".join(pieces[a0:a1]))
