@@ -395,7 +395,8 @@ REQUIRED = ("target_id", "problem_id", "input_ids", "code_start", "code_end", "a
 LABELS = list(TOKEN_SCHEMA)[9:]  # parse_ok onwards: null outside the code span
 
 
-def _target_rows(decode, row: dict, cols: dict[str, list]) -> None:
+def _target_rows(decode, row: dict) -> pl.DataFrame:
+    cols: dict[str, list] = {k: [] for k in TOKEN_SCHEMA}
     ids = list(row["input_ids"])
     try:
         pieces = token_pieces(decode, ids)
@@ -404,7 +405,7 @@ def _target_rows(decode, row: dict, cols: dict[str, list]) -> None:
     ends = np.cumsum([len(p) for p in pieces]).tolist()
     starts = [0] + ends[:-1]
     a0, a1 = row["all_start"], row["all_end"]
-    has_code = a0 is not None and a1 is not None and ends[a1 - 1] > starts[a0]
+    has_code = a0 is not None and a1 is not None and a1 > a0 and ends[a1 - 1] > starts[a0]
     if has_code:
         c0 = starts[a0]
         labels = CodeLabels("".join(pieces[a0:a1]))
@@ -421,6 +422,7 @@ def _target_rows(decode, row: dict, cols: dict[str, list]) -> None:
             cols[k].append(v)
         for k in LABELS:
             cols[k].append(values.get(k))
+    return pl.DataFrame(cols, schema=TOKEN_SCHEMA)
 
 
 def token_table(targets: pl.DataFrame, tokenizer) -> pl.DataFrame:
@@ -430,7 +432,6 @@ def token_table(targets: pl.DataFrame, tokenizer) -> pl.DataFrame:
     if missing:
         raise ConfigError(f"targets table lacks column(s) {', '.join(missing)}")
     decode = decoder(tokenizer)
-    cols: dict[str, list] = {k: [] for k in TOKEN_SCHEMA}
-    for row in targets.sort("target_id").iter_rows(named=True):
-        _target_rows(decode, row, cols)
-    return pl.DataFrame(cols, schema=TOKEN_SCHEMA)
+    # A frame per target keeps memory at Polars' size rather than Python objects per cell.
+    frames = [_target_rows(decode, row) for row in targets.sort("target_id").iter_rows(named=True)]
+    return pl.concat(frames, rechunk=True) if frames else pl.DataFrame(schema=TOKEN_SCHEMA)
