@@ -18,6 +18,15 @@ from codeinterp.workflow import write_parquet
 from handbuilt import HEAD_DIM, N_HEADS, N_LAYERS, build_one_head_model, one_head_targets
 
 BOOT = Bootstrap(resamples=200, seed=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny forwards on a shared machine: more threads only contend (9x slower measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 LEXICAL = ["identifier", "keyword", "operator"]
 STAGE_LEXICAL = LEXICAL + ["bracket_close", "newline_indent"]
 
@@ -252,3 +261,25 @@ def test_stage_is_byte_identical_across_runs(tiny, tmp_path):
     assert table["accuracy_ci_low"].is_not_null().all()
     with pytest.raises(ConfigError, match=r"^probes\.layers"):
         pc.run_stage(model, targets, tokens, cache, {**settings, "layers": [LAYERS + 1]}, 0, BOOT, 2)
+
+
+def test_report_section_states_the_best_layer(tiny, tmp_path):
+    from codeinterp.report.build import Context
+    from codeinterp.report.probes import accuracy_frame, section
+
+    model = tiny
+    targets, tokens, cache = stage_inputs(model, tmp_path)
+    settings = {"properties": ["lexical", "indent"], "layers": [0, 2], "folds": 2, "max_tokens": 1000,
+                "random_model": True, "projection_test": True}
+    table, proj = pc.run_stage(model, targets, tokens, cache, settings, 0, BOOT, 2)
+    write_parquet(table, tmp_path / "out" / "probes.parquet")
+    write_parquet(proj, tmp_path / "out" / "projection.parquet")
+    ctx = Context({}, {})
+    page = section({("m", "d"): str(tmp_path / "out" / "probes.parquet")}, ctx)
+    best = probes.best_layers(table)
+    for prop in ("lexical", "indent"):
+        assert f"{prop}: most selective at layer {best[prop]}," in page
+    assert "projecting its rank-" in page and page.count("<table>") == 1
+    assert len(ctx.charts.specs) == 1
+    # Four series per property: probe, control, majority, random-init.
+    assert accuracy_frame(table).group_by("property").len()["len"].to_list() == [4 * 2, 4 * 2]
