@@ -308,3 +308,10 @@ def test_missing_columns_are_refused():
     with pytest.raises(ConfigError, match="all_start"):
         token_table(pl.DataFrame({"target_id": ["a"], "problem_id": ["a"], "input_ids": [[1]], "code_start": [0],
                                   "code_end": [1]}), byte_tokenizer())
+
+
+def test_no_targets_give_an_empty_table_with_the_schema():
+    from codeinterp.benchmarks.targets import TARGET_SCHEMA
+
+    table = token_table(pl.DataFrame(schema=TARGET_SCHEMA), byte_tokenizer())
+    assert table.is_empty() and dict(table.schema) == TOKEN_SCHEMA
