@@ -1,3 +1,4 @@
+import polars as pl
 import pytest
 import torch
 
@@ -125,3 +126,52 @@ def test_translators_round_trip(tmp_path):
     for i in range(5):
         tl.save_translators({3: t, 1: tl.Translator(16)}, tmp_path / f"u{i}.safetensors", meta)
         assert (tmp_path / f"u{i}.safetensors").read_bytes() == (tmp_path / "t.safetensors").read_bytes()
+
+
+def test_trained_layers():
+    from codeinterp.errors import ConfigError
+
+    assert tl.trained_layers(None, 3) == [0, 1, 2]
+    assert tl.trained_layers([2, 0, 2], 3) == [0, 2]
+    with pytest.raises(ConfigError, match="tuned_lens.layers"):
+        tl.trained_layers([3], 3)
+
+
+def test_both_lenses_share_the_output_distribution():
+    readout = peaked_readout()
+    x, y = planted(n=100)
+    t = tl.ridge_init(x, y, alpha=1.0)
+    logit, tuned = tl.both_kl(readout, x, y, t, chunk=7)
+    assert torch.allclose(logit, tl.lens_kl(readout, x, y), atol=1e-5)
+    assert torch.allclose(tuned, tl.lens_kl(readout, x, y, t), atol=1e-5)
+    assert tl.both_kl(readout, x, y)[1] is None
+
+
+@pytest.mark.slow
+def test_rules_give_byte_identical_outputs(tmp_path):
+    """tuned_lens and layer_lens on the tiny config, then both rerun: the same bytes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    base = "results/tiny-llama/mbpp"
+    outs = [f"{base}/lens/tuned_lens.safetensors", f"{base}/lens/tuned_training.parquet", f"{base}/lens_layers.parquet",
+            f"{base}/lens_tokens.parquet"]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-d", str(tmp_path),
+           "--configfile", str(repo / "tests/configs/tiny.yaml"), "--cores", "1"]
+
+    def run(*args):
+        proc = subprocess.run([*cmd, *args], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run(outs[2])
+    first = {o: (tmp_path / o).read_bytes() for o in outs}
+    stamps = {o: (tmp_path / o).stat().st_mtime_ns for o in outs}
+    run("--forcerun", "tuned_lens", "layer_lens", "--until", "layer_lens", "--", outs[2])
+    assert all((tmp_path / o).stat().st_mtime_ns != stamps[o] for o in outs)  # really written again
+    assert {o: (tmp_path / o).read_bytes() for o in outs} == first
+    training = pl.read_parquet(tmp_path / outs[1])
+    assert training.filter(pl.col("split") == "heldout")["tuned_below_logit"].all()
+    layers = pl.read_parquet(tmp_path / outs[2])
+    assert set(zip(layers["lens"], layers["split"])) == {("logit", "all"), ("logit", "heldout"), ("tuned", "heldout")}

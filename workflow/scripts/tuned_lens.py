@@ -10,7 +10,7 @@ import torch
 
 from codeinterp.analyses.activations import ActivationCache
 from codeinterp.analyses.tuned_lens import (
-    frozen_readout, lens_kl, ridge_init, save_translators, split_problems, train_translator, training_summary,
+    both_kl, frozen_readout, ridge_init, trained_layers, save_translators, split_problems, train_translator, training_summary,
 )
 from codeinterp.access.architectures import layout
 from codeinterp.access.models import load_model
@@ -19,14 +19,6 @@ from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import run_script, write_json, write_parquet
 
 log = logging.getLogger("codeinterp.tuned_lens")
-
-
-def trained_layers(cfg: dict, n: int) -> list[int]:
-    layers = list(range(n)) if cfg["layers"] is None else sorted(set(cfg["layers"]))
-    bad = [l for l in layers if not 0 <= l < n]
-    if bad:
-        raise ConfigError(f"tuned_lens.layers: {bad} not below the last layer ({n}); the last layer's lens is the identity")
-    return layers
 
 
 def read(cache, site: str, rows: pl.DataFrame) -> torch.Tensor:
@@ -56,7 +48,7 @@ def main(smk):
     parts = splits(cache, pl.read_parquet(smk.input.targets), cfg, seed)
     final = {s: read(cache, f"resid.{n}", rows) for s, rows in parts.items()}
     translators, per_token, timing = {}, [], {}
-    for layer in trained_layers(cfg, n):
+    for layer in trained_layers(cfg["layers"], n):
         x = {s: read(cache, f"resid.{layer}", rows) for s, rows in parts.items()}
         start = time.perf_counter()
         init = ridge_init(x["train"], final["train"], cfg["ridge_alpha"]) if cfg["warm_start"] == "ridge" else None
@@ -67,16 +59,19 @@ def main(smk):
         seconds = time.perf_counter() - start
         translators[layer] = translator
         for s, rows in parts.items():
+            logit_kl, tuned_kl = both_kl(readout, x[s], final[s], translator)
             per_token.append(rows.select("problem_id").with_columns(
                 layer=pl.lit(layer, pl.Int64), split=pl.lit(s),
-                logit_kl=pl.Series(lens_kl(readout, x[s], final[s]).double().numpy()),
-                tuned_kl=pl.Series(lens_kl(readout, x[s], final[s], translator).double().numpy())))
+                logit_kl=pl.Series(logit_kl.double().numpy()), tuned_kl=pl.Series(tuned_kl.double().numpy())))
+        evaluated = time.perf_counter() - start - seconds
         step_tokens = min(cfg["tokens_per_step"], len(x["train"]))
-        timing[str(layer)] = {"seconds": round(seconds, 3), "train_tokens": len(x["train"]),
+        timing[str(layer)] = {"train_seconds": round(seconds, 3), "eval_seconds": round(evaluated, 3),
+                              "train_tokens": len(x["train"]), "heldout_tokens": len(x["heldout"]),
                               "tokens_per_step": step_tokens, "steps": cfg["steps"],
                               "first_loss": history[0], "last_loss": history[-1]}
-        log.info("layer %d: %d steps x %d tokens (of %d train tokens) in %.1f s; train KL %.4g -> %.4g",
-                 layer, cfg["steps"], step_tokens, len(x["train"]), seconds, history[0], history[-1])
+        log.info("layer %d: %d steps x %d tokens (of %d train tokens) in %.1f s; train KL %.4g -> %.4g; "
+                 "evaluation on %d + %d tokens in %.1f s", layer, cfg["steps"], step_tokens, len(x["train"]), seconds,
+                 history[0], history[-1], len(x["train"]), len(x["heldout"]), evaluated)
     tokens = pl.concat(per_token)
     write_parquet(training_summary(tokens, Bootstrap.from_config(smk.params.config)), smk.output.training)
     save_translators(translators, smk.output.translators, {

@@ -27,6 +27,7 @@ import torch
 from sklearn.linear_model import Ridge
 
 from codeinterp.access.architectures import layout
+from codeinterp.errors import ConfigError
 from codeinterp.uncertainty import Bootstrap, summarise_columns
 
 
@@ -48,6 +49,15 @@ def frozen_readout(model):
     so that gradients reach only the translator."""
     model.requires_grad_(False)
     return layout(model).logits
+
+
+def trained_layers(layers: list[int] | None, n: int) -> list[int]:
+    """The layers to train (None: every layer below the last, whose lens is the identity)."""
+    chosen = list(range(n)) if layers is None else sorted(set(layers))
+    bad = [l for l in chosen if not 0 <= l < n]
+    if bad:
+        raise ConfigError(f"tuned_lens.layers: {bad} not below the last layer ({n}); the last layer's lens is the identity")
+    return chosen
 
 
 def split_problems(problem_ids: list[str], test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -120,12 +130,25 @@ def train_translator(readout, x: torch.Tensor, final: torch.Tensor, *, steps: in
 def lens_kl(readout, x: torch.Tensor, final: torch.Tensor, translator: Translator | None = None,
             chunk: int = 1024) -> torch.Tensor:
     """KL(final || lens) per token for the logit lens (translator None) or a tuned lens."""
-    out = []
+    return both_kl(readout, x, final, translator, chunk)[0 if translator is None else 1]
+
+
+@torch.no_grad()
+def both_kl(readout, x: torch.Tensor, final: torch.Tensor, translator: Translator | None = None,
+            chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token KL(final || lens) of the logit lens and of the tuned lens (None without a
+    translator), sharing each chunk's output distribution: every full-vocabulary readout is a
+    large share of the CPU cost."""
+    logit, tuned = [], []
     for s in range(0, len(x), chunk):
         xs = x[s : s + chunk]
         final_logp = torch.log_softmax(readout(final[s : s + chunk]), -1)
-        out.append(kl_per_token(readout(translator(xs) if translator is not None else xs), final_logp))
-    return torch.cat(out) if out else torch.zeros(0)
+        logit.append(kl_per_token(readout(xs), final_logp))
+        if translator is not None:
+            tuned.append(kl_per_token(readout(translator(xs)), final_logp))
+    empty = torch.zeros(0)
+    return (torch.cat(logit) if logit else empty,
+            (torch.cat(tuned) if tuned else empty) if translator is not None else None)
 
 
 def training_summary(tokens: pl.DataFrame, boot: Bootstrap) -> pl.DataFrame:
