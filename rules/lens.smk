@@ -1,17 +1,13 @@
-def tuned_lens_enabled():
-    return config["tuned_lens"]["enabled"] and config["activations"]["enabled"]
-
-
-def layer_lens_inputs(wc):
-    inputs = {"model": model_dir(wc.model), "targets": f"results/{wc.model}/{wc.dataset}/targets.parquet"}
-    if tuned_lens_enabled():
-        inputs["tuned"] = f"results/{wc.model}/{wc.dataset}/lens/tuned_lens.safetensors"
-    return inputs
-
-
 rule layer_lens:
     input:
-        unpack(layer_lens_inputs),
+        model=lambda wc: model_dir(wc.model),
+        targets="results/{model}/{dataset}/targets.parquet",
+        # The tuned lens's translators (and its held-out problems), when it is trained.
+        tuned=lambda wc: (
+            [f"results/{wc.model}/{wc.dataset}/lens/tuned_lens.safetensors"]
+            if config["tuned_lens"]["enabled"] and config["activations"]["enabled"]
+            else []
+        ),
     output:
         tokens="results/{model}/{dataset}/lens_tokens.parquet",
         layers=report(

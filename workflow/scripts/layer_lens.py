@@ -19,9 +19,10 @@ def main(smk):
     targets = targets_from_frame(table)
     pad = tokenizer.pad_token_id or 0
     translators, heldout = None, None
-    tuned = smk.input.get("tuned")  # absent when tuned_lens is disabled
+    tuned = smk.input.get("tuned") or []  # empty when tuned_lens is disabled
+    tuned = [tuned] if isinstance(tuned, str) else list(tuned)
     if tuned:
-        translators, meta = load_translators(tuned)
+        translators, meta = load_translators(tuned[0])
         problems = set(meta["heldout_problems"])
         heldout = set(table.filter(pl.col("problem_id").is_in(sorted(problems)))["target_id"].to_list())
         log.info("tuned lens: layers %s; %d held-out problems, %d held-out targets",
