@@ -143,16 +143,29 @@ def test_read_opens_only_needed_shards(models, tmp_path, monkeypatch):
     write_cache(models["llama"], targets, tmp_path / "c", sites=["resid"], positions="all", dtype="float16",
                 shard_tokens=10, batch_size=4)
     cache = ActivationCache(tmp_path / "c")
-    opened, real = [], activations.safe_open
+    opened, tensors, real = [], [], activations.safe_open
 
-    def spy(path, **kw):
-        opened.append(Path(path).name)
-        return real(path, **kw)
+    class Spy:  # records which shards are opened and which tensors are sliced
+        def __init__(self, path, **kw):
+            opened.append(Path(path).name)
+            self.handle = real(path, **kw)
 
-    monkeypatch.setattr(activations, "safe_open", spy)
+        def __enter__(self):
+            self.f = self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def get_slice(self, name):
+            tensors.append(name)
+            return self.f.get_slice(name)
+
+    monkeypatch.setattr(activations, "safe_open", Spy)
     rows = np.array([25, 3, 27])  # shards 2 and 0 of 9
     got = cache.read("resid.1", rows)
     assert sorted(opened) == ["shard-00000.safetensors", "shard-00002.safetensors"]
+    assert tensors == ["resid.1", "resid.1"]
     monkeypatch.undo()
     torch.testing.assert_close(got, cache.read("resid.1")[torch.from_numpy(rows)])
 

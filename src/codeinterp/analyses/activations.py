@@ -58,9 +58,9 @@ def check_settings(sites, positions: str, dtype: str, shard_tokens: int, batch_s
             raise ConfigError(f"activations.sites: unknown site kind {kind!r} (known: {', '.join(hooks.KINDS)})")
     if len(set(sites)) != len(sites):
         raise ConfigError(f"activations.sites: repeated site kind in {list(sites)}")
-    if positions not in POSITIONS:
+    if not isinstance(positions, str) or positions not in POSITIONS:
         raise ConfigError(f"activations.positions: {positions!r} is not one of {', '.join(POSITIONS)}")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise ConfigError(f"activations.dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     for key, value in (("shard_tokens", shard_tokens), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
