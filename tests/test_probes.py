@@ -283,3 +283,20 @@ def test_report_section_states_the_best_layer(tiny, tmp_path):
     assert len(ctx.charts.specs) == 1
     # Four series per property: probe, control, majority, random-init.
     assert accuracy_frame(table).group_by("property").len()["len"].to_list() == [4 * 2, 4 * 2]
+
+
+def test_position_losses_are_the_full_forward_losses(tiny):
+    """Logits kept only at scored positions, batches cut after the code: the same losses as a
+    full forward of each target alone."""
+    model = tiny
+    targets = random_targets(4, lengths=(20, 26, 23, 30))
+    got = pc.position_losses(model, targets, 3)
+    for t in targets:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([t.input_ids])).logits[0]
+        pos = torch.arange(t.code_start - 1, t.code_end - 1)
+        want = torch.nn.functional.cross_entropy(logits[pos], torch.tensor(t.input_ids[t.code_start : t.code_end]),
+                                                 reduction="none")
+        mine = got.filter(pl.col("target_id") == t.target_id).sort("position")
+        assert mine["position"].to_list() == pos.tolist()
+        assert np.allclose(mine["loss"].to_numpy(), want.numpy(), atol=1e-5)
