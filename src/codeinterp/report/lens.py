@@ -83,12 +83,14 @@ def tuned_finding(logit: pl.DataFrame, tuned: pl.DataFrame) -> str | None:
     first = both.row(0, named=True)
     text += (f"; at layer {first['layer']} it is {ci(first['kl_to_final_tuned'], first['kl_to_final_ci_low_tuned'], first['kl_to_final_ci_high_tuned'])} "
              f"against {ci(first['kl_to_final'], first['kl_to_final_ci_low'], first['kl_to_final_ci_high'])} nats")
-    # How early each lens gets within a tenth of the logit lens's largest KL.
-    bar = float(logit["kl_to_final"].max()) * 0.1
-    close = {name: df.filter((pl.col("kl_to_final") <= bar) & (pl.col("layer") != last))["layer"].to_list()
-             for name, df in (("logit", logit), ("tuned", both.select("layer", pl.col("kl_to_final_tuned").alias("kl_to_final"))))}
+    # How early each lens gets within a tenth of the logit lens's largest KL over the trained layers
+    # (not the embeddings' KL, which is often far above the rest and may not be trained).
+    bar = float(both["kl_to_final"].max()) * 0.1
+    close = {name: both.filter(pl.col(col) <= bar)["layer"].to_list()
+             for name, col in (("logit", "kl_to_final"), ("tuned", "kl_to_final_tuned"))}
     if close["tuned"]:
-        text += (f"; the tuned lens's KL is within a tenth of the logit lens's largest from layer {close['tuned'][0]}, the "
+        text += (f"; over the trained layers, the tuned lens's KL is within a tenth of the logit lens's largest from "
+                 f"layer {close['tuned'][0]}, the "
                  + (f"logit lens's from layer {close['logit'][0]}" if close["logit"] else "logit lens's only at the output"))
     return text + "."
 
