@@ -12,12 +12,12 @@ import html
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import yaml
 
 from codeinterp.access.models import read_facts
-from codeinterp.report.charts import Charts, ci, curve, finding, fmt, heatmap, lens_chart, points, scatter, table
+from codeinterp.report import activations, failure, lens, probes, representation
+from codeinterp.report.charts import Charts, ci, curve, finding, fmt, heatmap, points, scatter, table
 from codeinterp.uncertainty import Bootstrap, pass_at_k_summary
 
 LIVECODEBENCH_NOTE = "public tests only (LiveCodeBench's hidden tests are not distributed)"
@@ -31,6 +31,11 @@ class Context:
         self.boot = Bootstrap.from_config(config)
         self.config = config
         self.targets = {k: pl.read_parquet(p) for k, p in targets.items()}
+        self.side_inputs: dict[str, dict] = {}
+
+    def side(self, kind: str) -> dict:
+        """(model, dataset) -> path of an input that feeds another section (e.g. the token table)."""
+        return self.side_inputs.get(kind, {})
 
     def about(self, model: str, dataset: str) -> str:
         """`model / dataset: n targets (origin, span), N scored tokens`."""
@@ -91,36 +96,6 @@ def _verdicts(files: dict, ctx: Context) -> str:
     text = (f"{fmt(passed)} of {fmt(total)} samples passed; a pass needs the harness's own evidence that every "
             "test ran (a program that exits early is not passed).")
     return finding(text) + "<p>Samples per outcome in the sandbox, and the isolation used.</p>" + table(counts.sort("model", "dataset"))
-
-
-def _lens(files: dict, ctx: Context) -> str:
-    parts = ["<p>Logit lens per layer, on the scored code tokens; each target's mean over its tokens, then the mean "
-             "over targets with a 95% bootstrap band. The last layer is the model's own output.</p>"]
-    for (m, d), path in sorted(files.items()):
-        layers = pl.read_parquet(path)
-        parts.append(f"<h3>{ctx.about(m, d)}</h3>")
-        if not len(layers):
-            continue
-        parts.append(finding(_lensfinding(layers)))
-        parts.append(ctx.charts.add(lens_chart(layers, f"{m} / {d}")))
-    return "".join(parts)
-
-
-def _lensfinding(layers: pl.DataFrame) -> str:
-    ce = layers["cross_entropy"].to_numpy()
-    last = layers.row(len(layers) - 1, named=True)
-    text = (f"Cross-entropy of the true token goes from {fmt(ce[0])} nats at the embeddings to "
-            f"{ci(last['cross_entropy'], last['cross_entropy_ci_low'], last['cross_entropy_ci_high'])} at the output "
-            f"(n = {fmt(last['n_targets'])} targets, {fmt(last['n_scored_tokens'])} scored tokens)")
-    drop = -np.diff(ce)
-    if len(drop) and drop.max() > 0:
-        at = int(np.argmax(drop))
-        text += f"; the largest one-layer drop, {fmt(drop[at])} nats, is into layer {at + 1}"
-    # Where the lens gets close to the output distribution (KL within a tenth of its largest value).
-    agree = layers.filter(pl.col("kl_to_final") <= layers["kl_to_final"].max() * 0.1)
-    if len(agree) and len(layers) > 2:
-        text += f"; KL to the output falls below a tenth of its maximum from layer {agree['layer'][0]} on"
-    return text + "."
 
 
 def _heads(files: dict, ctx: Context) -> str:
@@ -275,10 +250,17 @@ def _subsets(files: dict, ctx: Context) -> str:
             + table(df))
 
 
+SIDE_INPUTS = ("tokens", "probe_projection")
+
 SECTIONS = {
     "pass_at_k": ("pass@k", _pass_at_k),
     "verdicts": ("Verdicts", _verdicts),
-    "lens_layers": ("Layer lens", _lens),
+    "activations": ("Activation cache and token labels", lambda files, ctx: activations.section(files, ctx, ctx.side("tokens"))),
+    "lens_layers": ("Layer lens", lens.section),
+    "tuned_training": (None, lens.training_section),
+    "probes": ("Probes: what the residual stream encodes about code", probes.section),
+    "representation_map": ("Representation maps", representation.section),
+    "failure_probe": ("Predicting failure from internal states", failure.section),
     "head_matrix": ("Attention heads: exact single-head ablation", _heads),
     "knockout": ("Knockout curves", _knockout),
     "taylor_history": ("Taylor pruning", _taylor),
@@ -304,6 +286,8 @@ def build_report(inputs: dict[str, str], config: dict, out_path: str) -> None:
             m, d, kind = key.split("|")
             by_kind[kind][(m, d)] = path
     ctx = Context(config, by_kind.pop("targets", {}))
+    for kind in SIDE_INPUTS:
+        ctx.side_inputs[kind] = by_kind.pop(kind, {})
     facts = [{"model": Path(p).name, **_readable(read_facts(p).__dict__)} for p in _as_list(inputs.get("models", []))]
     sections = [("models", "Models", table(pl.DataFrame(facts)))]
     for kind, (title, builder) in SECTIONS.items():
