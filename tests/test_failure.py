@@ -127,3 +127,24 @@ def test_same_inputs_same_table(tiny):
     model, _ = tiny
     gens, verdicts = planted(n_problems=8, per_problem=4)
     assert run(model, gens, verdicts).equals(run(model, gens, verdicts))
+
+
+def test_report_section_states_the_best_layer_and_the_baselines(tiny, tmp_path):
+    from codeinterp.report import failure as section
+    from codeinterp.report.charts import Charts
+
+    class Ctx:
+        charts = Charts()
+
+    model, _ = tiny
+    table = run(model, *planted())
+    path = tmp_path / "failure_probe.parquet"
+    table.write_parquet(path)
+    html = section.section({("tiny", "mbpp"): str(path)}, Ctx())
+    best = table.filter((pl.col("feature") == "resid") & (pl.col("position") == "prompt_end")).sort(
+        "auc", "layer", descending=[True, False]).row(0, named=True)
+    assert f"best layer ({best['layer']}) reaches AUC {best['auc']:.3g}" in html
+    assert "n = 128 samples of 16 problems" in html and len(Ctx.charts.specs) == 1
+    empty = run(model, *planted(n_problems=6, per_problem=4), folds=8)
+    empty.write_parquet(path)
+    assert "No AUC: 6 problems, fewer than failure_probe.folds" in section.section({("tiny", "mbpp"): str(path)}, Ctx())

@@ -118,3 +118,21 @@ def test_umap_separates_planted_clusters_reproducibly():
     lex = summary.filter(pl.col("colouring") == "lexical").row(0, named=True)
     assert lex["silhouette"] > 0.5 and lex["explained_variance_2d"] is None
     assert first.equals(again)
+
+
+def test_report_section_opens_with_the_measured_separation(tmp_path):
+    from codeinterp.report import representation as section
+    from codeinterp.report.charts import Charts
+
+    class Ctx:
+        charts = Charts()
+
+    points, x = planted_clusters()
+    table, summary = rep.maps(points, lambda layer: x * (1 + layer), [0, 4], ["pca"], seed=0, boot=BOOT)
+    write_parquet(table, tmp_path / "points.parquet")
+    write_parquet(summary, tmp_path / "summary.parquet")
+    html = section.section({("tiny", "mbpp"): str(tmp_path / "points.parquet")}, Ctx())
+    last = summary.filter((pl.col("layer") == 4) & (pl.col("colouring") == "lexical")).row(0, named=True)
+    assert f"accuracy {last['knn_accuracy']:.3g} (95% CI" in html and "n = 400 tokens of 10 problems" in html
+    spec = Ctx.charts.specs[0][1]
+    assert spec["params"][0]["name"] == "colour_by" and len(Ctx.charts.specs) == 1

@@ -45,8 +45,8 @@ def _chart(points: pl.DataFrame, title: str) -> alt.FacetChart:
     return (alt.Chart(df).transform_fold(list(COLOURINGS), as_=["colouring", "label"])
             .transform_filter("datum.colouring == colour_by")
             .mark_circle(size=14, opacity=0.7)
-            .encode(x=alt.X("x:Q", title=None, axis=alt.Axis(labels=False, ticks=False)),
-                    y=alt.Y("y:Q", title=None, axis=alt.Axis(labels=False, ticks=False)),
+            .encode(x=alt.X("x:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(labels=False, ticks=False)),
+                    y=alt.Y("y:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(labels=False, ticks=False)),
                     color=alt.Color("label:N", title="label", scale=alt.Scale(scheme="tableau20")),
                     tooltip=["token:N", "code_line:N", *COLOURINGS, "target_id:N", "position:Q"])
             .properties(width=260, height=240)
