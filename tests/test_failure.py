@@ -148,3 +148,10 @@ def test_report_section_states_the_best_layer_and_the_baselines(tiny, tmp_path):
     empty = run(model, *planted(n_problems=6, per_problem=4), folds=8)
     empty.write_parquet(path)
     assert "No AUC: 6 problems, fewer than failure_probe.folds" in section.section({("tiny", "mbpp"): str(path)}, Ctx())
+
+
+def test_duplicate_samples_are_refused(tiny):
+    model, _ = tiny
+    gens, verdicts = planted(n_problems=3, per_problem=2)
+    with pytest.raises(ConfigError, match="verdicts table: some"):
+        run(model, gens, pl.concat([verdicts, verdicts.head(1)]))

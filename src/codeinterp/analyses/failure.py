@@ -61,6 +61,9 @@ def labelled_samples(generations: pl.DataFrame, verdicts: pl.DataFrame) -> pl.Da
         if missing:
             raise ConfigError(f"{name} table has no {missing[0]!r} column")
     keys = ["problem_id", "sample_index"]
+    for name, df in (("generations", generations), ("verdicts", verdicts)):
+        if df.select(keys).is_duplicated().any():
+            raise ConfigError(f"{name} table: some (problem_id, sample_index) occur more than once")
     joined = generations.select(*keys, "prompt_ids", "completion_ids").join(
         verdicts.select(*keys, "status"), on=keys, how="left")
     if joined["status"].null_count():
