@@ -118,7 +118,7 @@ def throughput(args) -> tuple[float, float, float]:
     dtype = activations.DTYPES[args.dtype]
     values = {n: [] for n in names}
     for start in range(0, len(targets), args.batch_size):
-        _, got = activations._batch_values(model, names, targets[start : start + args.batch_size], "code", dtype, pad_id)
+        got = activations._batch_values(model, names, targets[start : start + args.batch_size], "code", dtype, pad_id)
         for n in names:
             values[n].append(got[n])
     whole = {n: torch.cat(v) for n, v in values.items()}

@@ -181,6 +181,8 @@ def test_reruns_are_byte_identical_and_hash_tracks_targets(models, tmp_path):
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     assert a["hash"] == b["hash"] == ActivationCache(tmp_path / "a").index["hash"]
+    modes = {(tmp_path / "a" / f).stat().st_mode for f in files}
+    assert len(modes) == 1  # shards readable like the index, not private
     assert a["model"] == {"architecture": "llama"}
 
     settings = a["settings"]

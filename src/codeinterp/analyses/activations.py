@@ -116,6 +116,8 @@ class _ShardWriter:
             rest[name] = full[n:].clone()
         path = self.directory / shard_file(len(self.rows_per_shard))
         save_file(shard, path)
+        # safetensors creates its files private (0600); give them the mode other outputs get.
+        os.chmod(path, self.directory.stat().st_mode & 0o666)
         self.bytes += path.stat().st_size
         self.rows_per_shard.append(n)
         self.pending = {name: [rest[name]] if len(rest[name]) else [] for name in self.names}
@@ -127,24 +129,30 @@ def shard_file(i: int) -> str:
 
 
 @torch.no_grad()
-def _batch_values(model, names: list[str], group: list[Target], positions: str, dtype: torch.dtype, pad_id: int):
-    """The sites' values at the cached positions of one right-padded batch, in cache order."""
+def _batch_values(model, names: list[str], group: list[Target], positions: str, dtype: torch.dtype, pad_id: int,
+                  check: bool = False):
+    """The sites' values at the cached positions of one right-padded batch, in cache order.
+    With `check`, they are captured during `hooks.check_decomposition`'s own forward, so the
+    checked batch costs one forward, not two."""
     batch = make_batch(group, pad_id)
     spans = [cached_span(t, positions) for t in group]
     rows = torch.cat([torch.full((b - a,), i, dtype=torch.long) for i, (a, b) in enumerate(spans)])
     cols = torch.cat([torch.arange(a, b) for a, b in spans])
     with hooks.capture(model, names, select=lambda v: v[rows, cols].to(dtype)) as got:
-        # The body alone: full-vocabulary logits at every position would cost more memory
-        # than the activations themselves and are not cached.
-        layout(model).body(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-    return batch, {n: got[n][0] for n in names}
+        if check:
+            hooks.check_decomposition(model, batch.input_ids, batch.attention_mask)
+        else:
+            # The body alone: full-vocabulary logits at every position would cost more
+            # memory than the activations themselves and are not cached.
+            layout(model).body(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return {n: got[n][0] for n in names}
 
 
 @torch.no_grad()
 def _site_shapes(model, names: list[str], pad_id: int) -> dict[str, list[int]]:
     """Per-row shapes of the sites, from a one-token forward (only needed with no targets)."""
     one = Target("_shape", (pad_id, pad_id), 1, 2)
-    _, values = _batch_values(model, names, [one], "all", torch.float32, pad_id)
+    values = _batch_values(model, names, [one], "all", torch.float32, pad_id)
     return {n: list(v.shape[1:]) for n, v in values.items()}
 
 
@@ -185,9 +193,9 @@ def _write(model, targets: list[Target], tmp: Path, names: list[str], settings: 
     shapes = None
     step = settings["batch_size"]
     for start in range(0, len(targets), step):
-        batch, values = _batch_values(model, names, targets[start : start + step], positions, dtype, settings["pad_id"])
+        values = _batch_values(model, names, targets[start : start + step], positions, dtype, settings["pad_id"],
+                               check=start == 0)
         if start == 0:
-            hooks.check_decomposition(model, batch.input_ids, batch.attention_mask)
             shapes = {n: list(v.shape[1:]) for n, v in values.items()}
         writer.add(values)
     if shapes is None:
