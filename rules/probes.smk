@@ -18,7 +18,9 @@ rule probes:
         "../envs/codeinterp.yaml"
     log:
         "logs/probes/{model}/{dataset}.log",
-    threads: config["threads"]
+    # One thread: the probe fits are single-threaded (threadpool_limits), and the forwards on a
+    # shared 2-core machine ran 3-7x slower with two torch threads than with one (measured).
+    threads: 1
     resources:
         mem_mb=8000,
     script:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 # Three draws: each costs a full forward over the targets per property (the stage's largest cost
 # on CPU); their spread is reported beside their mean.
 RANDOM_DRAWS = 3
+CHECK_TOKENS = 32
 
 # property -> which next tokens make a position count (a polars predicate on the token table)
 MATTERS = {
@@ -78,8 +79,8 @@ def residuals_at(model, targets: list[Target], frame: pl.DataFrame, layers: list
         row_of = {t.target_id: i for i, t in enumerate(group)}
         rows = torch.tensor([row_of[t] for t in sel["target_id"].to_list()], dtype=torch.long)
         cols = torch.tensor(sel["position"].to_numpy(), dtype=torch.long)
-        if start == 0:
-            hooks.check_decomposition(model, batch.input_ids, batch.attention_mask)
+        if start == 0:  # the hooks read this architecture right (a short slice: the check is a full forward)
+            hooks.check_decomposition(model, batch.input_ids[:1, :CHECK_TOKENS], batch.attention_mask[:1, :CHECK_TOKENS])
         with hooks.capture(model, names, select=lambda v: v[rows, cols].float()) as got:
             layout(model).body(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         at = sel["i"].to_numpy()
