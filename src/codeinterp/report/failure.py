@@ -42,8 +42,7 @@ def _sentence(table: pl.DataFrame) -> str:
 def _chart(table: pl.DataFrame, title: str) -> alt.LayerChart:
     probes = table.filter(pl.col("feature") == "resid").drop_nulls("auc").with_columns(
         pl.col("auc_ci_low").fill_null(pl.col("auc")), pl.col("auc_ci_high").fill_null(pl.col("auc")))
-    bases = table.filter(pl.col("feature") != "resid").drop_nulls("auc").with_columns(
-        pl.col("position").alias("position"), pl.col("feature").alias("baseline"))
+    bases = table.filter(pl.col("feature") != "resid").drop_nulls("auc").rename({"feature": "baseline"})
     scale = alt.Scale(domain=[0, 1])
     base = alt.Chart(probes).encode(
         x=alt.X("layer:Q", title="layer (0 = embeddings)", axis=alt.Axis(tickMinStep=1, format="d")),
