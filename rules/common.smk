@@ -104,6 +104,9 @@ def analysis_outputs(model, dataset):
     outs = {"verdicts": f"{base}/verdicts.parquet", "pass_at_k": f"{base}/pass_at_k.parquet"}
     if config["lens"]["enabled"]:
         outs["lens_layers"] = f"{base}/lens_layers.parquet"
+    outs.update(cache_outputs(base))
+    if config["failure_probe"]["enabled"]:
+        outs["failure_probe"] = f"{base}/failure/failure_probe.parquet"
     ablation = config["ablation"]["enabled"]
     if ablation:
         outs["head_matrix"] = f"{base}/ablation/head_matrix.parquet"
@@ -118,6 +121,21 @@ def analysis_outputs(model, dataset):
                 outs["pruned_eval"] = f"{base}/pruning/pruned_eval.parquet"
             if config["subset_search"]["enabled"]:
                 outs["subset_compare"] = f"{base}/subset_search/compare.parquet"
+    return outs
+
+
+def cache_outputs(base):
+    """The activation cache, the token table, and the stages that read them."""
+    if not config["activations"]["enabled"]:
+        return {}
+    outs = {"tokens": f"{base}/tokens.parquet", "activations": f"{base}/activations"}
+    if config["tuned_lens"]["enabled"]:
+        outs["tuned_training"] = f"{base}/lens/tuned_training.parquet"
+    if config["probes"]["enabled"]:
+        outs["probes"] = f"{base}/probes/probes.parquet"
+        outs["probe_projection"] = f"{base}/probes/projection.parquet"
+    if config["representation_map"]["enabled"]:
+        outs["representation_map"] = f"{base}/representation/points.parquet"
     return outs
 
 

@@ -37,6 +37,14 @@ def run_script(snakemake, main) -> None:
         logging.getLogger("codeinterp").error("%s", err)
         print(f"codeinterp error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Exception:
+        # The rule's log is where a user looks first: it gets the traceback too.
+        if log_path:
+            with open(log_path, "a") as fh:
+                import traceback
+
+                traceback.print_exc(file=fh)
+        raise
 
 
 def write_parquet(df: pl.DataFrame, path: str | os.PathLike) -> None:

@@ -19,6 +19,7 @@ from codeinterp.uncertainty import Bootstrap
 from codeinterp.workflow import run_script, write_json, write_parquet
 
 log = logging.getLogger("codeinterp.tuned_lens")
+EMPTY_TOKENS = {"problem_id": pl.Utf8, "layer": pl.Int64, "split": pl.Utf8, "logit_kl": pl.Float64, "tuned_kl": pl.Float64}
 
 
 def read(cache, site: str, rows: pl.DataFrame) -> torch.Tensor:
@@ -30,8 +31,7 @@ def splits(cache, table: pl.DataFrame, cfg: dict, seed: int) -> dict[str, pl.Dat
     rows = cache.rows.join(table.select("target_id", "problem_id"), on="target_id", how="inner").sort("row")
     problems = sorted(rows["problem_id"].unique().to_list())
     if len(problems) < 2:
-        raise ConfigError(f"tuned_lens: the activation cache holds {len(problems)} problem(s); "
-                          "a train/held-out split needs at least two")
+        return {}
     train, test = split_problems(problems, cfg["test_fraction"], seed)
     return {"train": rows.filter(pl.col("problem_id").is_in(train)), "heldout": rows.filter(pl.col("problem_id").is_in(test))}
 
@@ -46,6 +46,15 @@ def main(smk):
     if missing:
         raise ConfigError(f"tuned_lens needs activations.sites to include resid (cache lacks {', '.join(missing[:3])})")
     parts = splits(cache, pl.read_parquet(smk.input.targets), cfg, seed)
+    if not parts:
+        # A dataset without two problems' targets (e.g. LiveCodeBench under canonical targets) has
+        # nothing to split: empty outputs, and the report shows no tuned lens for it.
+        log.warning("tuned_lens: fewer than two problems in the activation cache; no translator is trained")
+        write_parquet(training_summary(pl.DataFrame(schema=EMPTY_TOKENS), None), smk.output.training)
+        save_translators({}, smk.output.translators, {"heldout_problems": [], "train_problems": [], "seed": seed,
+                                                      "config": cfg, "n_layers": n, "note": "fewer than two problems"})
+        write_json({"layers": {}, "note": "fewer than two problems"}, smk.output.timing)
+        return
     final = {s: read(cache, f"resid.{n}", rows) for s, rows in parts.items()}
     translators, per_token, timing = {}, [], {}
     for layer in trained_layers(cfg["layers"], n):

@@ -200,6 +200,11 @@ def run_stage(model, targets: list[Target], tokens: pl.DataFrame, cache, setting
     frame = probes.probe_tokens(tokens, cache.rows, int(settings.get("max_tokens", 20000)), seed)
     log.info("probes: %d code tokens from %d problems, %d targets; layers %s", len(frame),
              frame["problem_id"].n_unique(), frame["target_id"].n_unique(), layers)
+    if frame["problem_id"].n_unique() < 2:
+        # Nothing to cross-validate (e.g. LiveCodeBench has no canonical targets): empty tables,
+        # and the report says no property could be probed.
+        log.warning("probes: fewer than two problems with code tokens; nothing is probed")
+        return pl.DataFrame(schema=probes.RESULT_SCHEMA), projection_frame([])
     rows = cache.select(tokens=frame)
     folds = int(settings.get("folds", 5))
     tables = [probes.probe_layers(lambda l: cache.read(f"resid.{l}", rows).numpy(), layers, frame, props, folds,

@@ -165,6 +165,8 @@ def training_summary(tokens: pl.DataFrame, boot: Bootstrap) -> pl.DataFrame:
         counts = per_problem.group_by("layer").agg(pl.col("n_tokens").sum().cast(pl.Int64))
         frames.append(s.rename({"n": "n_problems"}).join(counts, on="layer", how="left")
                       .with_columns(pl.lit(split).alias("split")))
+    if not frames:
+        return pl.DataFrame(schema={"layer": pl.Int64, "split": pl.Utf8, "tuned_below_logit": pl.Boolean})
     out = pl.concat(frames).with_columns((pl.col("tuned_kl") <= pl.col("logit_kl")).alias("tuned_below_logit"))
     return out.select("layer", "split", pl.exclude("layer", "split")).sort("layer", "split")
 
