@@ -48,7 +48,9 @@ def test_tiny_pipeline_ends_in_report(tiny_run):
     page = report.read_text()
     assert "vegaEmbed" in page and "<script src=" not in page  # inlined, no network needed
     for section in ("Contents", "Layer lens", "exact single-head ablation", "Knockout curves", "Taylor pruning",
-                    "Taylor scores versus exact ablation", "Pruned models", "Head subsets (CMA-ES)"):
+                    "Taylor scores versus exact ablation", "Pruned models", "Head subsets (CMA-ES)",
+                    "Activation cache and token labels", "Tuned-lens training", "Probes: what the residual stream",
+                    "Representation maps", "Predicting failure from internal states"):
         assert section in page, section
     # Every analysis says what it averages: a finding with its n and interval, and the targets' origin.
     assert page.count("class='finding'") >= 10
@@ -75,7 +77,7 @@ def test_generation_change_reruns_only_dependants(tiny_run, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg, sort_keys=True))  # key order differs from tiny.yaml: not a change
     jobs = planned_jobs(tiny_run, changed)
-    assert jobs == {"all": 1, "generate": 3, "evaluate": 3, "pruned_eval": 3, "report": 1}
+    assert jobs == {"all": 1, "generate": 3, "evaluate": 3, "pruned_eval": 3, "failure_probe": 3, "report": 1}
 
 
 def test_same_config_gives_identical_tables(tiny_run, tmp_path):
@@ -83,7 +85,9 @@ def test_same_config_gives_identical_tables(tiny_run, tmp_path):
     shutil.copytree(tiny_run / "resources", other / "resources")
     snakemake(other, "--configfile", str(TINY))
     for name in ("generations", "verdicts", "targets", "lens_layers", "lens_tokens", "ablation/head_deltas",
-                 "ablation/knockout", "pruning/taylor_history", "subset_search/compare"):
+                 "ablation/knockout", "pruning/taylor_history", "subset_search/compare", "tokens",
+                 "lens/tuned_training", "probes/probes", "probes/projection", "representation/points",
+                 "failure/failure_probe"):
         a = (tiny_run / f"results/tiny-llama/humaneval/{name}.parquet").read_bytes()
         b = (other / f"results/tiny-llama/humaneval/{name}.parquet").read_bytes()
         if name in ("generations", "verdicts"):
@@ -92,6 +96,31 @@ def test_same_config_gives_identical_tables(tiny_run, tmp_path):
             assert da.drop("seconds").equals(db.drop("seconds"))
         else:
             assert a == b, name
+    for name in ("activations/index.json", "activations/shard-00000.safetensors", "lens/tuned_lens.safetensors"):
+        a = (tiny_run / f"results/tiny-llama/mbpp/{name}").read_bytes()
+        assert a == (other / f"results/tiny-llama/mbpp/{name}").read_bytes(), name
+
+
+def test_cache_round_trip_in_the_pipeline(tiny_run):
+    """What the pipeline cached equals a fresh forward of the prepared model, and every cached
+    token has its labels in the token table."""
+    import torch
+
+    from codeinterp.access.models import load_model
+    from codeinterp.analyses.activations import ActivationCache
+
+    base = tiny_run / "results/tiny-llama/mbpp"
+    cache = ActivationCache(base / "activations")
+    tokens = pl.read_parquet(base / "tokens.parquet")
+    assert len(cache.rows.join(tokens, on=["target_id", "position"], how="anti")) == 0
+    target = pl.read_parquet(base / "targets.parquet").row(0, named=True)
+    model, _ = load_model(tiny_run / "resources/models/tiny-llama")
+    with torch.no_grad():
+        hidden = model(input_ids=torch.tensor([target["input_ids"]]), output_hidden_states=True).hidden_states
+    rows = cache.select(target_ids=[target["target_id"]])
+    positions = cache.rows["position"].to_numpy()[rows]
+    for layer in (0, 1):
+        torch.testing.assert_close(cache.read(f"resid.{layer}", rows), hidden[layer][0, positions], rtol=2e-3, atol=2e-3)
 
 
 @pytest.mark.parametrize(
