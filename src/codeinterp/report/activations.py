@@ -36,6 +36,7 @@ def section(files: dict, ctx, tokens: dict) -> str:
     rows, parts = [], []
     for (m, d), directory in sorted(files.items()):
         rows.append(_cache_row(m, d, directory))
+        cached = rows[-1]["tokens"]
         if (m, d) not in tokens:
             continue
         tok = pl.read_parquet(tokens[(m, d)])
@@ -55,6 +56,8 @@ def section(files: dict, ctx, tokens: dict) -> str:
                      f"({fmt(100 * top['len'] / counts['len'].sum())}% of labelled code tokens)")
         if "straddles" in code.columns:
             text += f"; {fmt(100 * code['straddles'].mean())}% of code tokens straddle two categories"
+        text += (f"; the cache holds {fmt(cached)} token positions (activations.positions: "
+                 f"{html.escape(rows[-1]['positions'])}), which is what the probes and maps read")
         parts.append(finding(text + "."))
         parts.append(table(counts.rename({"len": "tokens"})))
     intro = ("<p>Activations cached from the model's own forward (hooks on the modules the architecture "
