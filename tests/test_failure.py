@@ -155,3 +155,17 @@ def test_duplicate_samples_are_refused(tiny):
     gens, verdicts = planted(n_problems=3, per_problem=2)
     with pytest.raises(ConfigError, match="verdicts table: some"):
         run(model, gens, pl.concat([verdicts, verdicts.head(1)]))
+
+
+def test_passes_in_one_problem_give_a_note(tiny):
+    # Grouped folds put that problem's samples in one fold, whose training part then has no
+    # pass: its constant scores pooled with the others' would make an AUC of nothing.
+    model, _ = tiny
+    gens, verdicts = planted(n_problems=8, per_problem=4)
+    only = pl.when(pl.col("problem_id") == "p03").then(pl.col("status")).otherwise(pl.lit("failed"))
+    verdicts = verdicts.with_columns(status=only)
+    assert (verdicts["status"] == "passed").sum() > 0
+    table = run(model, gens, verdicts)
+    assert table["auc"].null_count() == len(table)
+    assert "1 of 4 folds would train on one outcome only (passed samples in 1 problems" in table["note"][0]
+    assert table["n_problems_passed"][0] == 1

@@ -44,8 +44,8 @@ POSITIONS = ("prompt_end", "code_end")
 C = 1.0  # sklearn's default inverse regularisation, recorded in the table
 RESULT_SCHEMA = {
     "feature": pl.Utf8, "position": pl.Utf8, "layer": pl.Int64, "auc": pl.Float64, "auc_ci_low": pl.Float64,
-    "auc_ci_high": pl.Float64, "n_samples": pl.Int64, "n_problems": pl.Int64, "n_passed": pl.Int64,
-    "n_excluded": pl.Int64, "folds": pl.Int64, "single_class_folds": pl.Int64, "C": pl.Float64, "seed": pl.Int64,
+    "auc_ci_high": pl.Float64, "n_samples": pl.Int64, "n_problems": pl.Int64, "n_passed": pl.Int64, "n_problems_passed": pl.Int64,
+    "n_excluded": pl.Int64, "folds": pl.Int64, "C": pl.Float64, "seed": pl.Int64,
     "note": pl.Utf8,
 }
 
@@ -123,29 +123,25 @@ def fold_ids(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.nda
     return out
 
 
-def heldout_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
-    """Held-out P(passed) of every sample, and how many folds trained on one class only
-    (those predict their training rate, a constant: no information, honestly scored)."""
+def heldout_scores(x: np.ndarray, y: np.ndarray, fold: np.ndarray, seed: int) -> np.ndarray:
+    """Held-out P(passed) of every sample; every fold's training part must hold both outcomes
+    (`one_outcome_folds` is 0)."""
     scores = np.zeros(len(y))
-    single = 0
     # One BLAS thread: these fits are small, and on a shared machine a thread pool per fit
     # makes each L-BFGS step wait on the others (measured: 5x slower under load).
     with threadpool_limits(limits=1):
         for k in np.unique(fold):
-            single += _fit_fold(x, y, fold == k, scores, seed)
-    return scores, single
+            train, test = fold != k, fold == k
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
+            clf.fit(x[train], y[train])
+            scores[test] = clf.predict_proba(x[test])[:, 1]
+    return scores
 
 
-def _fit_fold(x, y, test, scores, seed) -> int:
-    """Fill the held-out scores of one fold; 1 if its training part has one class only."""
-    train = ~test
-    if len(np.unique(y[train])) < 2:
-        scores[test] = y[train].mean()
-        return 1
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, random_state=seed))
-    clf.fit(x[train], y[train])
-    scores[test] = clf.predict_proba(x[test])[:, 1]
-    return 0
+def one_outcome_folds(y: np.ndarray, fold: np.ndarray) -> int:
+    """Folds whose training part holds one outcome only: a probe trained there predicts a
+    constant, and pooling such scores with the other folds' would give an AUC of nothing."""
+    return sum(len(np.unique(y[fold != k])) < 2 for k in np.unique(fold))
 
 
 def weighted_auc(scores: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -177,8 +173,8 @@ def problem_resamples(groups: np.ndarray, boot: Bootstrap) -> np.ndarray | None:
 
 
 def _auc_row(x, y, fold, seed, weights, boot) -> dict:
-    scores, single = heldout_scores(x, y, fold, seed)
-    row = {"auc": float(roc_auc_score(y, scores)), "auc_ci_low": None, "auc_ci_high": None, "single_class_folds": single}
+    scores = heldout_scores(x, y, fold, seed)
+    row = {"auc": float(roc_auc_score(y, scores)), "auc_ci_low": None, "auc_ci_high": None}
     if weights is not None:
         aucs = weighted_auc(scores, y, weights)
         aucs = aucs[np.isfinite(aucs)]
@@ -202,7 +198,8 @@ def _designs(features: Features) -> list[tuple[str, str, int | None, np.ndarray]
 def probe_table(features: Features, samples: pl.DataFrame, folds: int, seed: int, boot: Bootstrap,
                 n_excluded: int = 0) -> pl.DataFrame:
     """One row per (feature, position, layer): held-out AUC with its interval over problems.
-    Without both classes, or with fewer problems than folds, every row has a note and no AUC."""
+    Without both outcomes, with fewer problems than folds, or when some fold would train on
+    one outcome only (passes confined to few problems), every row has a note and no AUC."""
     y = samples["passed"].to_numpy().astype(np.int64)
     groups = samples["problem_id"].to_numpy()
     n_problems = len(np.unique(groups))
@@ -212,6 +209,10 @@ def probe_table(features: Features, samples: pl.DataFrame, folds: int, seed: int
     elif n_problems < folds:
         note = f"{n_problems} problems, fewer than failure_probe.folds = {folds}: no AUC"
     fold = fold_ids(y, groups, folds, seed) if note is None else None
+    if fold is not None and one_outcome_folds(y, fold):
+        note = (f"{one_outcome_folds(y, fold)} of {folds} folds would train on one outcome only (passed samples in "
+                f"{len(np.unique(groups[y == 1]))} problems, other outcomes in {len(np.unique(groups[y == 0]))}): no AUC")
+        fold = None
     weights = problem_resamples(groups, boot) if note is None else None
     rows = []
     for feature, position, layer, x in _designs(features):
@@ -221,7 +222,8 @@ def probe_table(features: Features, samples: pl.DataFrame, folds: int, seed: int
             if weights is None:
                 row["note"] = f"{n_problems} problems: no interval (fewer than {MIN_UNITS})"
         rows.append(row)
-    base = {"n_samples": len(y), "n_problems": n_problems, "n_passed": int(y.sum()), "n_excluded": n_excluded,
+    base = {"n_samples": len(y), "n_problems": n_problems, "n_passed": int(y.sum()),
+            "n_problems_passed": len(np.unique(groups[y == 1])), "n_excluded": n_excluded,
             "folds": folds, "C": C, "seed": seed}
     table = pl.DataFrame([{**r, **base, "note": r.get("note", note)} for r in rows], schema=RESULT_SCHEMA)
     return table.sort("feature", "position", "layer", nulls_last=True)
