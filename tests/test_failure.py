@@ -167,5 +167,5 @@ def test_passes_in_one_problem_give_a_note(tiny):
     assert (verdicts["status"] == "passed").sum() > 0
     table = run(model, gens, verdicts)
     assert table["auc"].null_count() == len(table)
-    assert "1 of 4 folds would train on one outcome only (passed samples in 1 problems" in table["note"][0]
+    assert "1 of 4 folds would train on one outcome only (passed samples in 1 problem(s)" in table["note"][0]
     assert table["n_problems_passed"][0] == 1

@@ -211,7 +211,7 @@ def probe_table(features: Features, samples: pl.DataFrame, folds: int, seed: int
     fold = fold_ids(y, groups, folds, seed) if note is None else None
     if fold is not None and one_outcome_folds(y, fold):
         note = (f"{one_outcome_folds(y, fold)} of {folds} folds would train on one outcome only (passed samples in "
-                f"{len(np.unique(groups[y == 1]))} problems, other outcomes in {len(np.unique(groups[y == 0]))}): no AUC")
+                f"{len(np.unique(groups[y == 1]))} problem(s), other outcomes in {len(np.unique(groups[y == 0]))}): no AUC")
         fold = None
     weights = problem_resamples(groups, boot) if note is None else None
     rows = []
