@@ -20,6 +20,11 @@ include: "rules/representation.smk"
 include: "rules/ablation.smk"
 include: "rules/pruning.smk"
 include: "rules/subset_search.smk"
+include: "rules/pairs.smk"
+include: "rules/tasks.smk"
+include: "rules/patching.smk"
+include: "rules/circuit.smk"
+include: "rules/compare.smk"
 include: "rules/report.smk"
 
 

@@ -45,12 +45,25 @@ def benchmark_of(dataset):
     return config["datasets"][dataset].get("benchmark", dataset)
 
 
+BENCHMARKS = ("humaneval", "mbpp", "mbpp-sanitized", "livecodebench")
+# Generated counterfactual tasks: clean/corrupted prompt pairs read by the causal analyses
+# instead of generations, verdicts and targets.
+TASKS = ("brackets", "variable_binding")
+
 for _name in DATASETS:
-    if benchmark_of(_name) not in ("humaneval", "mbpp", "mbpp-sanitized", "livecodebench"):
+    if benchmark_of(_name) not in BENCHMARKS + TASKS:
         raise SystemExit(
             f"codeinterp error: config: datasets.{_name}: unknown benchmark {benchmark_of(_name)!r} "
-            "(set `benchmark:` to humaneval, mbpp, mbpp-sanitized or livecodebench)"
+            f"(set `benchmark:` to one of {', '.join(BENCHMARKS + TASKS)})"
         )
+
+
+def is_task(dataset):
+    return benchmark_of(dataset) in TASKS
+
+
+BENCHMARK_DATASETS = [d for d in DATASETS if not is_task(d)]
+TASK_DATASETS = [d for d in DATASETS if is_task(d)]
 
 
 wildcard_constraints:
@@ -101,6 +114,8 @@ def model_dir(model):
 def analysis_outputs(model, dataset):
     """Report inputs of one model and dataset, keyed by kind; which ones depends on the switches."""
     base = f"results/{model}/{dataset}"
+    if is_task(dataset):
+        return task_outputs(model, dataset)
     outs = {"verdicts": f"{base}/verdicts.parquet", "pass_at_k": f"{base}/pass_at_k.parquet"}
     if config["lens"]["enabled"]:
         outs["lens_layers"] = f"{base}/lens_layers.parquet"
@@ -139,11 +154,50 @@ def cache_outputs(base):
     return outs
 
 
+def task_outputs(model, dataset):
+    """The causal analyses of one generated task (codeinterp.causal)."""
+    base = f"results/{model}/{dataset}"
+    outs = {"pairs": f"{base}/pairs.parquet"}
+    if config["task_accuracy"]["enabled"]:
+        outs["task_accuracy"] = f"{base}/causal/task_accuracy.parquet"
+    if config["task_lens"]["enabled"]:
+        outs["task_lens"] = f"{base}/causal/task_lens.parquet"
+    if config["sublayer_ablation"]["enabled"]:
+        outs["sublayer_ablation"] = f"{base}/causal/sublayer_ablation.parquet"
+    if config["head_roles"]["enabled"] and benchmark_of(dataset) == "brackets":
+        outs["head_roles"] = f"{base}/causal/head_roles.parquet"
+    if config["activation_patching"]["enabled"]:
+        outs["activation_patching"] = f"{base}/patching/activation_patching.parquet"
+        if config["attribution_patching"]["enabled"]:
+            outs["attribution_patching"] = f"{base}/patching/attribution_patching.parquet"
+            outs["attribution_vs_exact"] = f"{base}/patching/attribution_vs_exact.parquet"
+    if config["circuit"]["enabled"]:
+        outs["circuit_curve"] = f"{base}/circuit/faithfulness.parquet"
+        outs["circuit_edges"] = f"{base}/circuit/edges.parquet"
+        outs["circuit_svg"] = f"{base}/circuit/circuit.svg"
+    return outs
+
+
+def comparison_outputs():
+    """Model comparisons, keyed like the per-dataset inputs with `a vs b` (or the model) as the
+    model and `all` as the dataset (codeinterp.analyses.compare)."""
+    outs = {}
+    for a, b in config["comparisons"]["pairs"]:
+        base = f"results/comparisons/{a}__{b}"
+        outs[f"{a} vs {b}|all|compare_weights"] = f"{base}/weights.parquet"
+        outs[f"{a} vs {b}|all|compare_models"] = f"{base}/functional.parquet"
+    if config["comparisons"]["union"] and config["ablation"]["enabled"] and len(BENCHMARK_DATASETS) > 1:
+        for m in MODELS:
+            outs[f"{m}|all|head_union"] = f"results/{m}/head_union.parquet"
+    return outs
+
+
 def final_outputs():
     outs = ["reports/report.html"]
     for m in MODELS:
         for d in DATASETS:
             outs.extend(analysis_outputs(m, d).values())
+    outs.extend(comparison_outputs().values())
     return outs
 
 
@@ -161,5 +215,7 @@ def report_inputs(wc):
         for d in DATASETS:
             for kind, path in analysis_outputs(m, d).items():
                 inputs[f"{m}|{d}|{kind}"] = path
-            inputs[f"{m}|{d}|targets"] = f"results/{m}/{d}/targets.parquet"
+            if not is_task(d):
+                inputs[f"{m}|{d}|targets"] = f"results/{m}/{d}/targets.parquet"
+    inputs.update(comparison_outputs())
     return inputs

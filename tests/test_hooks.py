@@ -73,3 +73,22 @@ def test_site_names_and_bad_names():
     with pytest.raises(ValueError, match="blocks"):
         with hooks.capture(model, [f"attn.{n}"]):
             pass
+
+
+@pytest.mark.parametrize("kind", ["resid", "attn", "mlp", "head"])
+def test_edit_site_identity_and_write(kind):
+    """Writing a site's own value back changes nothing; writing a shifted value is what a
+    later capture of the same site reads, and it changes the output."""
+    model = build("llama")
+    ids = torch.tensor([[3, 7, 11, 5, 9]])
+    name = f"{kind}.1"
+    plain = model(input_ids=ids).logits
+    with hooks.edit_site(model, name, lambda v: v):
+        same = model(input_ids=ids).logits
+    torch.testing.assert_close(same, plain)
+    with hooks.edit_site(model, name, lambda v: v + 1.0), hooks.capture(model, [name]) as got:
+        moved = model(input_ids=ids).logits
+    with hooks.capture(model, [name]) as base:
+        model(input_ids=ids)
+    torch.testing.assert_close(got[name][0], base[name][0] + 1.0)
+    assert not torch.allclose(moved, plain)

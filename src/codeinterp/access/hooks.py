@@ -133,6 +133,42 @@ def edit_residual(model, layer: int, fn):
         handle.remove()
 
 
+@contextmanager
+def edit_site(model, name: str, fn):
+    """Replace site `name`'s value by `fn(value)` in every forward run inside the block; the
+    value has the shape `capture` reports (`head.{l}`: [..., n_heads, head_dim]). Patching,
+    ablation and circuit runs write through here, so they intervene where `capture` reads."""
+    kind, layer = parse_site(name)
+    if kind == "resid":
+        with edit_residual(model, layer, fn):
+            yield
+        return
+    lay = layout(model)
+    n = len(lay.blocks)
+    if not 0 <= layer < n:
+        raise ValueError(f"site {name!r}: the model has {n} blocks")
+    if kind == "head":
+        proj = getattr(getattr(lay.blocks[layer], lay.attn_attr), lay.out_proj_attr)
+
+        def pre(mod, args):
+            z = args[0]
+            new = fn(z.view(*z.shape[:-1], lay.n_heads, lay.head_dim))
+            return (new.reshape(z.shape), *args[1:])
+
+        handle = proj.register_forward_pre_hook(pre)
+    else:
+        def post(mod, args, out):
+            if isinstance(out, tuple):
+                return (fn(out[0]), *out[1:])
+            return fn(out)
+
+        handle = _contribution_module(model, layer, kind).register_forward_hook(post)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
 def check_decomposition(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, rtol: float = 1e-4) -> None:
     """Stop unless the captured sites add up: resid.{l+1} = resid.{l} + attn.{l} + mlp.{l} at

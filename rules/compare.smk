@@ -1,0 +1,1 @@
+# placeholder: filled by the stage's owner (issue 8/10)
