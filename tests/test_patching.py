@@ -1,0 +1,78 @@
+"""Exact activation patching and its attribution estimate, on answers known in advance."""
+
+import polars as pl
+import pytest
+import torch
+
+from archs import build
+from codeinterp.access.architectures import layout
+from codeinterp.access.models import byte_tokenizer
+from codeinterp.benchmarks.counterfactual import generate
+from codeinterp.benchmarks.task_pairs import tokenise_pairs
+from codeinterp.causal.attribution import compare, estimate
+from codeinterp.causal.pairs import Pair, read_pairs
+from codeinterp.causal.patching import sweep
+from codeinterp.uncertainty import Bootstrap
+
+KW = dict(kinds=["resid", "attn", "mlp", "head"], directions=["denoising", "noising"],
+          corruptions=["counterfactual", "noise"], noise_scale=3.0, noise_samples=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    table = tokenise_pairs(generate({"benchmark": "brackets", "pairs": 4, "max_depth": 4, "seed": 0}, "data"),
+                           byte_tokenizer())
+    path = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
+    table.write_parquet(path)
+    return read_pairs(path)[:6]
+
+
+def test_last_residual_restores_the_source_run_exactly(pairs):
+    """The metric reads only the last position of the last residual: restoring it there gives the
+    clean run's metric (denoising) or the corrupted one's (noising); earlier positions of that
+    layer change nothing."""
+    model = build("llama")
+    table = sweep(model, pairs, window=1, batch_size=16, **KW)
+    n = len(layout(model).blocks)
+    last = table.filter((pl.col("site") == "resid") & (pl.col("layer") == n))
+    at_end = last.filter(pl.col("from_end") == -1)
+    for direction, want in (("denoising", "clean_metric"), ("noising", "corrupt_metric")):
+        rows = at_end.filter(pl.col("direction") == direction)
+        assert len(rows) == 2 * len(pairs)
+        assert (rows["metric"] - rows[want]).abs().max() < 1e-4
+        other = last.filter((pl.col("from_end") != -1) & (pl.col("direction") == direction))
+        target = "corrupt_metric" if direction == "denoising" else "clean_metric"
+        assert (other["metric"] - other[target]).abs().max() < 1e-4
+    # Positions before the differing span are filled without a forward, with the target's metric.
+    skipped = table.filter(~pl.col("computed"))
+    assert len(skipped) and (skipped["normalised"].drop_nans().is_in([0.0, 1.0])).all()
+
+
+def test_patching_is_a_no_op_when_clean_equals_corrupted(pairs):
+    model = build("qwen2")
+    same = [Pair(p.pair_id, p.task, p.source, p.kind, p.depth, p.n_closed, p.clean_ids, p.clean_ids.clone(),
+                 p.clean_token, p.corrupt_token, p.span, p.open_positions, p.closed_positions) for p in pairs[:3]]
+    table = sweep(model, same, window=3, batch_size=16, **{**KW, "corruptions": ["counterfactual"]})
+    assert (table["metric"] - table["clean_metric"]).abs().max() < 1e-4
+    assert table["normalised"].is_nan().all()  # nothing to recover: no normalised value
+
+
+def test_attribution_equals_exact_where_the_model_is_linear(pairs):
+    """With the final norm removed the readout is linear in the last residual and in the last
+    MLP's output, so the first-order estimate is exact there."""
+    model = build("llama")
+    model.model.norm = torch.nn.Identity()
+    kw = {**KW, "kinds": ["resid", "mlp"]}
+    exact = sweep(model, pairs, window=1, batch_size=16, **kw)
+    approx = estimate(model, pairs, batch_size=4, **kw)
+    keys = ["pair_id", "corruption", "direction", "site", "layer", "position"]
+    both = exact.join(approx.select(*keys, pl.col("estimate")), on=keys)
+    n = len(layout(model).blocks)
+    linear = both.filter(((pl.col("site") == "resid") & (pl.col("layer") == n)) |
+                         ((pl.col("site") == "mlp") & (pl.col("layer") == n - 1)))
+    nonlinear = both.filter((pl.col("site") == "resid") & (pl.col("layer") == 0) & pl.col("computed"))
+    assert (nonlinear["metric"] - nonlinear["estimate"]).abs().max() > 1e-3  # the test can tell
+    assert len(linear) > 0
+    assert (linear["metric"] - linear["estimate"]).abs().max() < 1e-3
+    table = compare(exact, approx, 3, Bootstrap(100, 0.95, 0))
+    assert set(table["site"]) == {"resid", "mlp"} and table["spearman"].is_between(-1, 1).all()
