@@ -128,6 +128,24 @@ class Layout:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return logits.float()
 
+    def frozen_norm(self, final: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+        """The final norm linearised at the residual state `final` [..., D] and applied to a
+        component `part` [..., D] of it (as TransformerLens folds a cached scale): the norm's
+        scale (RMS, or LayerNorm's standard deviation) is that of `final`, so the parts of a
+        residual state add up to the norm of the whole. Bias and softcapping are left out."""
+        norm = self.final_norm
+        eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+        layer_norm = isinstance(norm, nn.LayerNorm)
+
+        def scale(x):
+            x = x.float()
+            spread = x.var(-1, unbiased=False, keepdim=True) if layer_norm else x.pow(2).mean(-1, keepdim=True)
+            return torch.sqrt(spread + eps)
+
+        bias = norm.bias.float() if layer_norm and norm.bias is not None else 0.0
+        # N(c) - N's bias, rescaled from c's own scale to the whole state's.
+        return (norm(part).float() - bias) * scale(part) / scale(final)
+
 
 def layout(model) -> Layout:
     ad = adapter_for(model)
