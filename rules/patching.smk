@@ -1,1 +1,46 @@
-# placeholder: filled by the stage's owner (issue 8/10)
+# Exact activation patching and its first-order estimate (codeinterp.causal.patching, attribution).
+rule activation_patching:
+    input:
+        model=lambda wc: model_dir(wc.model),
+        pairs="results/{model}/{dataset}/pairs.parquet",
+    output:
+        table="results/{model}/{dataset}/patching/activation_patching.parquet",
+        timing="results/{model}/{dataset}/patching/activation_patching_timing.json",
+    params:
+        settings=config["activation_patching"],
+        seed=config["seed"],
+        config=bootstrap_params(),
+    conda:
+        "../envs/codeinterp.yaml"
+    log:
+        "logs/activation_patching/{model}/{dataset}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    script:
+        "../workflow/scripts/activation_patching.py"
+
+
+rule attribution_patching:
+    input:
+        model=lambda wc: model_dir(wc.model),
+        pairs="results/{model}/{dataset}/pairs.parquet",
+        exact="results/{model}/{dataset}/patching/activation_patching.parquet",
+    output:
+        table="results/{model}/{dataset}/patching/attribution_patching.parquet",
+        compare="results/{model}/{dataset}/patching/attribution_vs_exact.parquet",
+        timing="results/{model}/{dataset}/patching/attribution_patching_timing.json",
+    params:
+        settings=config["attribution_patching"],
+        patching=config["activation_patching"],
+        seed=config["seed"],
+        config=bootstrap_params(),
+    conda:
+        "../envs/codeinterp.yaml"
+    log:
+        "logs/attribution_patching/{model}/{dataset}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    script:
+        "../workflow/scripts/attribution_patching.py"

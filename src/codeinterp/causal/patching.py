@@ -257,3 +257,26 @@ def _rows(batch, patcher, settings, values, corruption, sample, direction, windo
                 "corrupt_metric": float(patcher.corrupt_metric[i]), "normalised": float(norm[j, i]),
             })
     return rows
+
+
+def summarise(per_pair: pl.DataFrame, boot) -> pl.DataFrame:
+    """The per-pair rows (`level` = pair) and the mean normalised effect with its interval over
+    pairs (`level` = group) for each setting, by position from the end: over all pairs
+    (source "all", depth -1) and per (source, depth). `token` is the commonest clean token at
+    that position of the group's pairs."""
+    from codeinterp.causal.task_metrics import group_means
+
+    if per_pair.is_empty():
+        return per_pair.with_columns(pl.lit("pair").alias("level"))
+    setting = ["corruption", "direction", "site", "window", "layer", "head", "from_end"]
+    rows = per_pair.filter(pl.col("normalised").is_not_nan())
+    parts = []
+    for by in (setting, ["source", "depth", *setting]):
+        means = group_means(rows, by, ["normalised", "metric"], boot)
+        tokens = rows.group_by(by).agg(pl.col("token").mode().sort().first())
+        part = means.join(tokens, on=by, how="left")
+        if "source" not in by:
+            part = part.with_columns(pl.lit("all").alias("source"), pl.lit(-1, dtype=pl.Int64).alias("depth"))
+        parts.append(part)
+    groups = pl.concat(parts, how="diagonal_relaxed").with_columns(pl.lit("group").alias("level"))
+    return pl.concat([per_pair.with_columns(pl.lit("pair").alias("level")), groups], how="diagonal_relaxed")

@@ -1,0 +1,13 @@
+from codeinterp.causal.run import Stage
+from codeinterp.causal.task_metrics import sublayer_ablation
+from codeinterp.workflow import run_script
+
+
+def main(smk):
+    stage = Stage(smk, "sublayer_ablation")
+    s = smk.params.settings
+    table = sublayer_ablation(stage.model, stage.pairs, list(s["kinds"]), int(s["batch_size"]), stage.boot, stage.pad)
+    stage.finish(table)
+
+
+run_script(snakemake, main)  # noqa: F821
