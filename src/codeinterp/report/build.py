@@ -16,7 +16,7 @@ import polars as pl
 import yaml
 
 from codeinterp.access.models import read_facts
-from codeinterp.report import activations, failure, lens, probes, representation
+from codeinterp.report import activations, failure, lens, patching, probes, representation, tasks
 from codeinterp.report.charts import Charts, ci, curve, finding, fmt, heatmap, points, scatter, table
 from codeinterp.uncertainty import Bootstrap, pass_at_k_summary
 
@@ -32,6 +32,11 @@ class Context:
         self.config = config
         self.targets = {k: pl.read_parquet(p) for k, p in targets.items()}
         self.side_inputs: dict[str, dict] = {}
+        self.all_inputs: dict[str, dict] = {}
+
+    def inputs(self, kind: str) -> dict:
+        """(model, dataset) -> path of every input of `kind`, for sections that combine kinds."""
+        return self.all_inputs.get(kind, {})
 
     def side(self, kind: str) -> dict:
         """(model, dataset) -> path of an input that feeds another section (e.g. the token table)."""
@@ -268,6 +273,13 @@ SECTIONS = {
     "taylor_vs_exact_heads": (None, _taylor_scatter),
     "pruned_eval": ("Pruned models", _pruned_eval),
     "subset_compare": ("Head subsets (CMA-ES)", _subsets),
+    "task_accuracy": ("Generated tasks: accuracy", tasks.accuracy_section),
+    "task_lens": ("Generated tasks: from which layer the answer is right", tasks.lens_section),
+    "sublayer_ablation": ("Generated tasks: attention versus MLP", tasks.sublayer_section),
+    "head_roles": ("Brackets: heads that count", tasks.roles_section),
+    "bracket_study": ("The closing-bracket study, model by model", tasks.study_section),
+    "activation_patching": ("Activation patching", patching.section),
+    "attribution_vs_exact": ("Attribution patching against exact patching", patching.attribution_section),
 }
 
 STYLE = """
@@ -286,6 +298,9 @@ def build_report(inputs: dict[str, str], config: dict, out_path: str) -> None:
             m, d, kind = key.split("|")
             by_kind[kind][(m, d)] = path
     ctx = Context(config, by_kind.pop("targets", {}))
+    ctx.all_inputs = {k: dict(v) for k, v in by_kind.items()}
+    if by_kind.get("head_roles"):  # the study's summary reads the head-role, lens and sublayer tables
+        by_kind["bracket_study"] = dict(by_kind["head_roles"])
     for kind in SIDE_INPUTS:
         ctx.side_inputs[kind] = by_kind.pop(kind, {})
     facts = [{"model": Path(p).name, **_readable(read_facts(p).__dict__)} for p in _as_list(inputs.get("models", []))]

@@ -142,13 +142,13 @@ def robust_extent(values: np.ndarray) -> float:
     return max(float(np.quantile(finite, 0.99)), 1e-9)
 
 
-def heatmap(matrix: pl.DataFrame, title: str) -> alt.Chart:
+def heatmap(matrix: pl.DataFrame, title: str, legend: str = "Δ loss (nats)") -> alt.Chart:
     extent = robust_extent(matrix["delta"].to_numpy())
     df = matrix.select("layer", "head", "delta", "ci_low", "ci_high", "excludes_zero")
     n_heads, n_layers = int(df["head"].max()) + 1, int(df["layer"].max()) + 1
     base = alt.Chart(df).encode(x=alt.X("head:O"), y=alt.Y("layer:O", sort="descending"))
     rect = base.mark_rect().encode(
-        color=alt.Color("delta:Q", title="Δ loss (nats)",
+        color=alt.Color("delta:Q", title=legend,
                         scale=alt.Scale(scheme="redblue", domain=[-extent, extent], reverse=True, clamp=True)),
         tooltip=["layer", "head", alt.Tooltip("delta:Q", format=".3g"), alt.Tooltip("ci_low:Q", format=".3g"),
                  alt.Tooltip("ci_high:Q", format=".3g"), "excludes_zero"],
