@@ -1,1 +1,22 @@
-# placeholder: filled by the stage's owner (issue 8/10)
+# Circuit discovery by EAP-IG, verified by exact edge patching (codeinterp.causal.circuit).
+rule circuit:
+    input:
+        model=lambda wc: model_dir(wc.model),
+        pairs="results/{model}/{dataset}/pairs.parquet",
+    output:
+        table="results/{model}/{dataset}/circuit/faithfulness.parquet",
+        edges="results/{model}/{dataset}/circuit/edges.parquet",
+        svg="results/{model}/{dataset}/circuit/circuit.svg",
+        timing="results/{model}/{dataset}/circuit/circuit_timing.json",
+    params:
+        settings=config["circuit"],
+        config=bootstrap_params(),
+    conda:
+        "../envs/codeinterp.yaml"
+    log:
+        "logs/circuit/{model}/{dataset}.log",
+    threads: config["threads"]
+    resources:
+        mem_mb=8000,
+    script:
+        "../workflow/scripts/circuit.py"

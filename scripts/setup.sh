@@ -14,6 +14,12 @@ if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-ge
     || echo "setup: could not install bubblewrap; the sandbox will use rlimits only" >&2
 fi
 
+# Circuit drawings need graphviz's `dot` (Debian package graphviz).
+if ! command -v dot >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq --no-install-recommends graphviz) >/dev/null 2>&1 \
+    || echo "setup: could not install graphviz; the circuit stage will stop with a message" >&2
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi

@@ -50,7 +50,9 @@ def test_tiny_pipeline_ends_in_report(tiny_run):
     for section in ("Contents", "Layer lens", "exact single-head ablation", "Knockout curves", "Taylor pruning",
                     "Taylor scores versus exact ablation", "Pruned models", "Head subsets (CMA-ES)",
                     "Activation cache and token labels", "Tuned-lens training", "Probes: what the residual stream",
-                    "Representation maps", "Predicting failure from internal states"):
+                    "Representation maps", "Predicting failure from internal states", "Generated tasks: accuracy",
+                    "from which layer the answer is right", "attention versus MLP", "Brackets: heads that count",
+                    "The closing-bracket study", "Activation patching", "Attribution patching against exact"):
         assert section in page, section
     # Every analysis says what it averages: a finding with its n and interval, and the targets' origin.
     assert page.count("class='finding'") >= 10
@@ -96,6 +98,14 @@ def test_same_config_gives_identical_tables(tiny_run, tmp_path):
             assert da.drop("seconds").equals(db.drop("seconds"))
         else:
             assert a == b, name
+    for dataset, name in (("brackets", "pairs"), ("binding", "pairs"), ("brackets", "causal/task_accuracy"),
+                          ("brackets", "causal/task_lens"), ("brackets", "causal/sublayer_ablation"),
+                          ("brackets", "causal/head_roles"), ("binding", "patching/activation_patching"),
+                          ("brackets", "patching/attribution_patching"), ("brackets", "patching/attribution_vs_exact")):
+        a = (tiny_run / f"results/tiny-llama/{dataset}/{name}.parquet").read_bytes()
+        assert a == (other / f"results/tiny-llama/{dataset}/{name}.parquet").read_bytes(), name
+    assert (tiny_run / "results/datasets/brackets/problems.parquet").read_bytes() == \
+        (other / "results/datasets/brackets/problems.parquet").read_bytes()
     for name in ("activations/index.json", "activations/shard-00000.safetensors", "lens/tuned_lens.safetensors"):
         a = (tiny_run / f"results/tiny-llama/mbpp/{name}").read_bytes()
         assert a == (other / f"results/tiny-llama/mbpp/{name}").read_bytes(), name

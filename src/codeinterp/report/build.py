@@ -16,7 +16,7 @@ import polars as pl
 import yaml
 
 from codeinterp.access.models import read_facts
-from codeinterp.report import activations, failure, lens, patching, probes, representation, tasks
+from codeinterp.report import activations, circuit, failure, lens, patching, probes, representation, tasks
 from codeinterp.report.charts import Charts, ci, curve, finding, fmt, heatmap, points, scatter, table
 from codeinterp.uncertainty import Bootstrap, pass_at_k_summary
 
@@ -255,7 +255,7 @@ def _subsets(files: dict, ctx: Context) -> str:
             + table(df))
 
 
-SIDE_INPUTS = ("tokens", "probe_projection")
+SIDE_INPUTS = ("tokens", "probe_projection", "circuit_svg", "circuit_edges", "attribution_patching")
 
 SECTIONS = {
     "pass_at_k": ("pass@k", _pass_at_k),
@@ -280,6 +280,7 @@ SECTIONS = {
     "bracket_study": ("The closing-bracket study, model by model", tasks.study_section),
     "activation_patching": ("Activation patching", patching.section),
     "attribution_vs_exact": ("Attribution patching against exact patching", patching.attribution_section),
+    "circuit_curve": ("Circuits (EAP-IG, verified by edge patching)", circuit.section),
 }
 
 STYLE = """

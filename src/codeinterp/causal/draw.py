@@ -1,0 +1,37 @@
+"""The chosen circuit as a static SVG (graphviz's `dot`): nodes ranked by layer, edges as wide as
+their |score|, blue when the edge helps the right answer, red when it works against it."""
+
+from __future__ import annotations
+
+import re
+
+import graphviz
+import polars as pl
+
+
+def _layer(node: str) -> int:
+    if node == "input":
+        return -1
+    if node == "logits":
+        return 10**6
+    return int(re.match(r"(?:L|MLP)(\d+)", node).group(1))
+
+
+def circuit_svg(edges: pl.DataFrame, title: str) -> str:
+    kept = edges.filter(pl.col("in_circuit"))
+    dot = graphviz.Digraph(graph_attr={"rankdir": "BT", "label": title, "labelloc": "t", "fontsize": "12"},
+                           node_attr={"shape": "box", "fontsize": "10", "style": "rounded"})
+    nodes = sorted(set(kept["upstream"]) | set(kept["downstream"]), key=lambda n: (_layer(n), n))
+    for layer in sorted({_layer(n) for n in nodes}):
+        with dot.subgraph() as same:
+            same.attr(rank="same")
+            for n in nodes:
+                if _layer(n) == layer:
+                    same.node(n, fillcolor="#eef3fb" if n.startswith("L") else "#fff4e0", style="rounded,filled")
+    top = float(kept["score"].abs().max() or 1.0) if len(kept) else 1.0
+    for r in kept.iter_rows(named=True):
+        width = 0.5 + 3.5 * abs(r["score"]) / top
+        dot.edge(r["upstream"], r["downstream"], penwidth=f"{width:.2f}",
+                 color="#3b74c4" if r["score"] > 0 else "#c43b3b", tooltip=f"{r['score']:.3g}")
+    svg = dot.pipe(format="svg").decode()
+    return svg[svg.index("<svg"):]  # drop the XML prolog and DOCTYPE: the SVG is inlined in HTML
