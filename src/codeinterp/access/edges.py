@@ -61,14 +61,16 @@ class EdgeRunner:
         return total
 
     def forward(self, emb: torch.Tensor, combine=None):
-        """Run the graph from embeddings `emb` [B, T, D]. `combine(target, outs)` returns the input
-        of `target` from the list of upstream outputs so far (default: their sum). Returns
+        """Run the graph from embeddings `emb` [B, T, D]. `combine(target, outs, total)` returns the
+        input of `target` from the upstream outputs so far and their running sum (default: the
+        sum). Returns
         (outputs of every node [U] x [B, T, D], final residual [B, T, D])."""
-        combine = combine or (lambda target, outs: torch.stack(outs).sum(0))
+        combine = combine or (lambda target, outs, total: total)
         outs = [emb]
+        total = emb  # running sum of the outputs so far: what an unpatched input is
         for l in range(self.n):
             const = self._constant(l, emb)
-            xs = torch.cat([combine(f"L{l}H{h}", outs) + const for h in range(self.H)])  # [H*B, T, D]
+            xs = torch.cat([combine(f"L{l}H{h}", outs, total) + const for h in range(self.H)])  # [H*B, T, D]
             got = {}
 
             def grab(z, got=got):
@@ -80,9 +82,11 @@ class EdgeRunner:
             z = got["z"]  # [H*B, T, H, d]
             for h in range(self.H):
                 outs.append(z[h * self.B:(h + 1) * self.B, :, h] @ self.W[l][h])
-            mid = combine(f"MLP{l}", outs) + const + (self.bias[l].to(emb.dtype) if self.bias[l] is not None else 0)
+                total = total + outs[-1]
+            mid = combine(f"MLP{l}", outs, total) + const + (self.bias[l].to(emb.dtype) if self.bias[l] is not None else 0)
             outs.append(self.runner.mlp_half(l, mid) - mid)
-        final = combine("logits", outs) + self._constant(self.n, emb)
+            total = total + outs[-1]
+        final = combine("logits", outs, total) + self._constant(self.n, emb)
         return outs, final
 
     def logits(self, final: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

@@ -57,8 +57,8 @@ def eap_ig_scores(model, pairs, steps: int, batch_size: int, pad_id: int = 0) ->
         for k in range(1, steps + 1):
             inputs: dict[str, torch.Tensor] = {}
 
-            def combine(target, outs):
-                x = torch.stack(outs).sum(0)
+            def combine(target, outs, total):
+                x = total + 0  # a node of its own, so that its gradient is this target's alone
                 x.retain_grad()
                 inputs[target] = x
                 return x
@@ -121,11 +121,14 @@ def patched_metrics(model, pairs, circuits: list[torch.Tensor], batch_size: int,
         clean_emb, bad_emb = runner.runner.embed(batch.clean), runner.runner.embed(batch.corrupt)
         bad_outs, bad_final = runner.forward(bad_emb)
         _, clean_final = runner.forward(clean_emb)
+        prefix = [torch.zeros_like(bad_emb)]  # prefix[k]: sum of the corrupted run's first k outputs
+        for o in bad_outs:
+            prefix.append(prefix[-1] + o)
         col = []
         for edges in circuits:
-            def combine(target, outs, edges=edges):
+            def combine(target, outs, total, edges=edges):
                 j = runner.targets.index(target)
-                x = torch.stack(bad_outs[: len(outs)]).sum(0)
+                x = prefix[len(outs)]
                 for u in torch.nonzero(edges[: len(outs), j]).flatten().tolist():
                     x = x + (outs[u] - bad_outs[u])
                 return x
