@@ -178,26 +178,11 @@ def task_outputs(model, dataset):
     return outs
 
 
-def comparison_outputs():
-    """Model comparisons, keyed like the per-dataset inputs with `a vs b` (or the model) as the
-    model and `all` as the dataset (codeinterp.analyses.compare)."""
-    outs = {}
-    for a, b in config["comparisons"]["pairs"]:
-        base = f"results/comparisons/{a}__{b}"
-        outs[f"{a} vs {b}|all|compare_weights"] = f"{base}/weights.parquet"
-        outs[f"{a} vs {b}|all|compare_models"] = f"{base}/functional.parquet"
-    if config["comparisons"]["union"] and config["ablation"]["enabled"] and len(BENCHMARK_DATASETS) > 1:
-        for m in MODELS:
-            outs[f"{m}|all|head_union"] = f"results/{m}/head_union.parquet"
-    return outs
-
-
 def final_outputs():
     outs = ["reports/report.html"]
     for m in MODELS:
         for d in DATASETS:
             outs.extend(analysis_outputs(m, d).values())
-    outs.extend(comparison_outputs().values())
     return outs
 
 
@@ -217,5 +202,4 @@ def report_inputs(wc):
                 inputs[f"{m}|{d}|{kind}"] = path
             if not is_task(d):
                 inputs[f"{m}|{d}|targets"] = f"results/{m}/{d}/targets.parquet"
-    inputs.update(comparison_outputs())
     return inputs

@@ -1,1 +1,0 @@
-# placeholder: filled by the stage's owner (issue 8/10)
