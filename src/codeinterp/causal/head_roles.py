@@ -103,9 +103,8 @@ def head_roles(model, pairs: list[Pair], batch_size: int, top_k: int, boot: Boot
         cols |= {f"rho_{count}": rho, f"rho_{count}_ci_low": low, f"rho_{count}_ci_high": high}
     table = pl.DataFrame({"layer": np.repeat(np.arange(n), H), "head": np.tile(np.arange(H), n), **cols,
                           "n": np.full(n * H, N)})
-    strength = np.nanmax(np.abs(np.stack([cols["rho_n_closed"], cols["rho_depth"]])), axis=0) \
+    strength = np.nan_to_num(np.abs(np.stack([cols["rho_n_closed"], cols["rho_depth"]])), nan=0.0).max(0) \
         if N else np.zeros(n * H)
-    strength = np.nan_to_num(strength, nan=0.0)
     order = np.argsort(-strength, kind="stable")
     top = np.zeros(n * H, dtype=bool)
     top[order[:top_k]] = True
