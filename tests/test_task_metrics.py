@@ -89,3 +89,26 @@ def test_a_random_model_is_consistent_on_generated_pairs():
     assert len(per) == 2 * len(pairs) and per["rank"].min() >= 0
     roles = head_roles(model, pairs, 4, 3, BOOT)
     assert len(roles) == len(layout(model).blocks) * layout(model).n_heads and (roles["n"] == len(pairs)).all()
+
+
+def test_head_roles_flags_the_head_that_counts_closed_pairs():
+    """The hand-built head averages the prompt's token vectors and the unembedding scores a token
+    by its match with that average, so along the `)` direction its output grows with the number
+    of `)` already in the prompt: with a fixed prompt length it counts the closed pairs."""
+    from codeinterp.causal.pairs import Pair
+
+    model, tok, (layer, head) = build_one_head_model("llama")
+    ids = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+    close, filler = ids(")")[0], ids("a")[0]
+    pairs = []
+    for i in range(24):
+        closed, depth = i % 5, 1 + i % 3
+        body = "()" * closed + "(" * depth
+        clean = "a" * (16 - len(body)) + body
+        corrupt = "(" + clean[1:]
+        pairs.append(Pair(f"c{i}", "brackets", "hand", ")", depth, closed, torch.tensor(ids(clean)),
+                          torch.tensor(ids(corrupt)), close, filler, (0, 1), (), ()))
+    table = head_roles(model, pairs, 8, 1, BOOT)
+    row = table.filter((pl.col("layer") == layer) & (pl.col("head") == head)).row(0, named=True)
+    assert row["counting"] and row["rho_n_closed_ci_low"] > 0.5
+    assert table.filter(pl.col("counting")).select("layer", "head").rows() == [(layer, head)]
