@@ -178,6 +178,13 @@ def task_outputs(model, dataset):
     return outs
 
 
+def tuned_lens_for_tasks(wc):
+    """The tuned lens of the same model trained on the first benchmark dataset, if any."""
+    if not (config["tuned_lens"]["enabled"] and config["activations"]["enabled"] and BENCHMARK_DATASETS):
+        return []
+    return [f"results/{wc.model}/{BENCHMARK_DATASETS[0]}/lens/tuned_lens.safetensors"]
+
+
 def final_outputs():
     outs = ["reports/report.html"]
     for m in MODELS:

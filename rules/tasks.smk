@@ -2,13 +2,6 @@
 # brackets (codeinterp.causal.task_metrics, head_roles).
 
 
-def tuned_lens_for_tasks(wc):
-    """The tuned lens of the same model trained on the first benchmark dataset, if any."""
-    if not (config["tuned_lens"]["enabled"] and config["activations"]["enabled"] and BENCHMARK_DATASETS):
-        return []
-    return [f"results/{wc.model}/{BENCHMARK_DATASETS[0]}/lens/tuned_lens.safetensors"]
-
-
 rule task_accuracy:
     input:
         model=lambda wc: model_dir(wc.model),
