@@ -52,10 +52,12 @@ def test_tiny_pipeline_ends_in_report(tiny_run):
                     "Activation cache and token labels", "Tuned-lens training", "Probes: what the residual stream",
                     "Representation maps", "Predicting failure from internal states", "Generated tasks: accuracy",
                     "from which layer the answer is right", "attention versus MLP", "Brackets: heads that count",
-                    "The closing-bracket study", "Activation patching", "Attribution patching against exact"):
+                    "The closing-bracket study", "Activation patching", "Attribution patching against exact",
+                    "Circuits (EAP-IG"):
         assert section in page, section
     # Every analysis says what it averages: a finding with its n and interval, and the targets' origin.
     assert page.count("class='finding'") >= 10
+    assert page.count("<svg") >= 2  # the circuits, drawn offline by graphviz
     # Five MBPP targets get intervals; three HumanEval targets are too few and the page says so.
     assert "5 targets (canonical; scored span: body" in page and "95% CI" in page
     assert "3 targets (canonical; scored span: body" in page and "no interval" in page
@@ -101,7 +103,8 @@ def test_same_config_gives_identical_tables(tiny_run, tmp_path):
     for dataset, name in (("brackets", "pairs"), ("binding", "pairs"), ("brackets", "causal/task_accuracy"),
                           ("brackets", "causal/task_lens"), ("brackets", "causal/sublayer_ablation"),
                           ("brackets", "causal/head_roles"), ("binding", "patching/activation_patching"),
-                          ("brackets", "patching/attribution_patching"), ("brackets", "patching/attribution_vs_exact")):
+                          ("brackets", "patching/attribution_patching"), ("brackets", "patching/attribution_vs_exact"),
+                          ("brackets", "circuit/faithfulness"), ("binding", "circuit/edges")):
         a = (tiny_run / f"results/tiny-llama/{dataset}/{name}.parquet").read_bytes()
         assert a == (other / f"results/tiny-llama/{dataset}/{name}.parquet").read_bytes(), name
     assert (tiny_run / "results/datasets/brackets/problems.parquet").read_bytes() == \
