@@ -40,7 +40,7 @@ def test_valid_config_fills_defaults():
 
 
 @pytest.mark.parametrize("cfg, expected", [
-    (tiny(datasets={"mbpp": {"limitt": 2}}), "config: datasets.mbpp.limitt: unknown key (allowed: benchmark, ids, limit, sample, split)"),
+    (tiny(datasets={"mbpp": {"limitt": 2}}), "config: datasets.mbpp.limitt: unknown key (allowed: benchmark, ids, limit, max_depth, pairs, sample, sources, split)"),
     (tiny(colour="red"), "config: colour: unknown key"),
     (tiny(generation__n="two"), "config: generation.n: 'two' is not of type 'integer'"),
     (tiny(generation__backend="gpu"), "config: generation.backend: 'gpu' is not one of transformers, vllm, replay"),
@@ -72,4 +72,4 @@ def test_snakemake_prints_one_line(tmp_path):
                            "-n", "--cores", "1", "--configfile", str(bad)], capture_output=True, text=True)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "working directory" not in ln]
-    assert lines == ["codeinterp error: config: datasets.mbpp.limitt: unknown key (allowed: benchmark, ids, limit, sample, split)"]
+    assert lines == ["codeinterp error: config: datasets.mbpp.limitt: unknown key (allowed: benchmark, ids, limit, max_depth, pairs, sample, sources, split)"]
