@@ -226,20 +226,28 @@ ROLES = {"first": "items[0]", "last": "items[-1]", "left": "pair[0]", "right": "
          "total": "sum(xs)", "inner": "loops[0]", "outer": "loops[-1]", "prev": "steps[-2]", "next": "steps[-1]"}
 
 
+def _container(expr: str) -> str:
+    """`items[0]` -> items; `min(values)` -> values."""
+    return expr.split("(")[-1].rstrip(")") if "(" in expr else expr.split("[")[0]
+
+
 def _binding(rng: random.Random, n: int, source: str) -> list[dict]:
     rows = []
     for i in range(n):
         a, b = rng.sample(PAIRS, 1)[0] if rng.random() < 0.5 else tuple(reversed(rng.sample(PAIRS, 1)[0]))
         kind = "swap" if i % 2 == 0 else "rename"
         want = ROLES[a]
-        lines_clean = f"def pick(items, pair, values, before, after, chain, span, sizes, xs, loops, steps):\n    {a} = {ROLES[a]}\n    {b} = {ROLES[b]}\n"
+        # Only the containers the two roles read: short prompts keep patching affordable.
+        params = ", ".join(dict.fromkeys(_container(ROLES[x]) for x in (a, b)))
+        head = f"def pick({params}):\n"
+        lines_clean = f"{head}    {a} = {ROLES[a]}\n    {b} = {ROLES[b]}\n"
         if kind == "swap":  # the two names trade values: the other name now holds `want`
-            lines_corrupt = f"def pick(items, pair, values, before, after, chain, span, sizes, xs, loops, steps):\n    {a} = {ROLES[b]}\n    {b} = {ROLES[a]}\n"
+            lines_corrupt = f"{head}    {a} = {ROLES[b]}\n    {b} = {ROLES[a]}\n"
             corrupt_answer = b
         else:  # the name holding `want` is renamed to a third name
             others = [x for p in PAIRS for x in p if x[0] not in (a[0], b[0])]
             c = rng.choice(others)
-            lines_corrupt = f"def pick(items, pair, values, before, after, chain, span, sizes, xs, loops, steps):\n    {c} = {ROLES[a]}\n    {b} = {ROLES[b]}\n"
+            lines_corrupt = f"{head}    {c} = {ROLES[a]}\n    {b} = {ROLES[b]}\n"
             corrupt_answer = c
         # The prompt ends before the identifier's leading space: BPE vocabularies fold it in.
         if source == "return":
