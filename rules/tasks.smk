@@ -1,5 +1,5 @@
 # Accuracy, lens and sublayer ablation on generated tasks, and the head-role counting study on
-# brackets (codeinterp.causal.task_metrics, head_roles).
+# brackets (codeinterp.causal.task_metrics, sublayer, head_roles).
 
 
 rule task_accuracy:

@@ -9,7 +9,8 @@ from archs import ARCHS, build
 from codeinterp.access.architectures import layout
 from codeinterp.causal.head_roles import head_measures, head_roles
 from codeinterp.causal.pairs import logit_diff, make_pair_batch
-from codeinterp.causal.task_metrics import first_confident_layer, sublayer_ablation, task_accuracy, task_lens
+from codeinterp.causal.sublayer import sublayer_ablation
+from codeinterp.causal.task_metrics import first_confident_layer, task_accuracy, task_lens
 from codeinterp.uncertainty import Bootstrap
 from handbuilt import build_one_head_model
 from test_circuit import TEXTS, _pairs

@@ -1,5 +1,5 @@
 from codeinterp.causal.run import Stage
-from codeinterp.causal.task_metrics import sublayer_ablation
+from codeinterp.causal.sublayer import sublayer_ablation
 from codeinterp.workflow import run_script
 
 

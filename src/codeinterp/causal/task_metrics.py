@@ -1,5 +1,5 @@
-"""How well a model does a generated task, and from which layer (rules task_accuracy, task_lens,
-sublayer_ablation).
+"""How well a model does a generated task, and from which layer (rules task_accuracy, task_lens;
+sublayer_ablation lives in `codeinterp.causal.sublayer`).
 
 Every number is the logit difference at the last position between the pair's two answer
 tokens (`codeinterp.causal.pairs.logit_diff`), or whether the right one ranks first. For the
@@ -14,9 +14,9 @@ import polars as pl
 import torch
 
 from codeinterp.access.architectures import RunnerMismatch, layout
-from codeinterp.access.hooks import capture, edit_site, site_names
+from codeinterp.access.hooks import capture, site_names
 from codeinterp.causal.pairs import Pair, PairBatch, last_logits, pair_batches
-from codeinterp.uncertainty import Bootstrap, bootstrap_means, summarise_columns
+from codeinterp.uncertainty import Bootstrap, bootstrap_means
 
 GROUP = ["source", "kind", "depth"]
 
@@ -127,59 +127,3 @@ def first_confident_layer(lens: pl.DataFrame, threshold: float, name: str = "log
         elif not good:
             first = None
     return first
-
-
-@torch.no_grad()
-def _site_means(model, pairs: list[Pair], names: list[str], batch_size: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Each site's mean over the clean prompts' real positions (the mean-ablation fill)."""
-    total: dict[str, torch.Tensor] = {}
-    count = 0
-    for batch in pair_batches(pairs, batch_size, pad_id):
-        real = batch.mask.bool()
-        with capture(model, names, select=lambda v: v[real].float().sum(0)) as got:
-            model(input_ids=batch.clean, attention_mask=batch.mask)
-        for name in names:
-            total[name] = total.get(name, 0) + got[name][0]
-        count += int(real.sum())
-    return {k: v / max(count, 1) for k, v in total.items()}
-
-
-@torch.no_grad()
-def sublayer_ablation(model, pairs: list[Pair], kinds: list[str], batch_size: int, boot: Bootstrap,
-                      pad_id: int = 0) -> pl.DataFrame:
-    """Per layer and half (attn, mlp) and kind (zero, mean): the clean logit difference with that
-    half's output replaced at every position, its change from the intact model (`delta`, negative
-    = the half was needed) and that change as a fraction of the intact value, with intervals
-    over pairs; plus rows `half = attn - mlp` per kind: the paired difference of the summed
-    |delta| over layers (positive: attention matters more)."""
-    n = len(layout(model).blocks)
-    names = site_names(model, ("attn", "mlp"))
-    means = _site_means(model, pairs, names, batch_size, pad_id) if "mean" in kinds else {}
-    rows = []
-    for batch in pair_batches(pairs, batch_size, pad_id):
-        base = answer_stats(_forward(model, batch.clean, batch), batch.clean_token, batch.corrupt_token)["logit_diff"]
-        for name in names:
-            half, layer = name.split(".")
-            for kind in kinds:
-                fill = (lambda v: torch.zeros_like(v)) if kind == "zero" else \
-                    (lambda v, m=means[name]: m.to(v.dtype).expand_as(v).clone())
-                with edit_site(model, name, fill):
-                    ld = answer_stats(_forward(model, batch.clean, batch), batch.clean_token, batch.corrupt_token)["logit_diff"]
-                for i, p in enumerate(batch.pairs):
-                    rows.append({**_meta(p), "kind": kind, "half": half, "layer": int(layer),
-                                 "logit_diff": float(ld[i]), "delta": float(ld[i] - base[i]),
-                                 "intact": float(base[i])})
-    per = pl.DataFrame(rows).rename({"kind": "ablation"})
-    table = summarise_columns(per, "pair_id", ["ablation", "half", "layer"], ["delta", "logit_diff", "intact"], boot)
-    total = per.group_by("pair_id", "ablation", "half").agg(pl.col("delta").abs().sum().alias("abs_delta"))
-    diff = total.pivot(on="half", index=["pair_id", "ablation"], values="abs_delta").with_columns(
-        (pl.col("attn") - pl.col("mlp")).alias("delta"), pl.lit("attn - mlp").alias("half"), pl.lit(-1).alias("layer"))
-    summary = summarise_columns(diff, "pair_id", ["ablation", "half", "layer"], ["delta"], boot)
-    for half in ("attn", "mlp"):
-        part = total.filter(pl.col("half") == half).with_columns(pl.lit(-1).alias("layer"), pl.col("abs_delta").alias("delta"))
-        summary = pl.concat([summary, summarise_columns(part.select("pair_id", "ablation", "half", "layer", "delta"),
-                                                        "pair_id", ["ablation", "half", "layer"], ["delta"], boot)],
-                            how="vertical_relaxed")
-    out = pl.concat([table, summary], how="diagonal_relaxed")
-    return out.with_columns((pl.col("delta") / pl.col("intact")).alias("fraction")).sort("ablation", "half", "layer") \
-        if "intact" in out.columns else out
