@@ -9,7 +9,8 @@ pair's answer tokens, normalised so that the clean run scores 1 and the corrupte
 
 Sites: the residual stream (layer x position), the attention and MLP outputs (layer x
 position, optionally a window of consecutive layers), each head's output (layer x head, every
-position). Patched runs share the batch axis and start at the first patched layer from the
+position), and, for AtP*'s QK fix, each head's query (`head_q`: layer x query head x position) and
+key (`head_k`: layer x KV head x position), written through `access.attention.probe`. Patched runs share the batch axis and start at the first patched layer from the
 target run's cached residual stream (`BlockRunner`); that fast path is compared with the
 model's own forward on the first batch of every run. Positions before the pair's differing span
 hold the same values in both runs (causal attention), so patching them changes nothing: they
@@ -25,10 +26,12 @@ import polars as pl
 import torch
 
 from codeinterp.access.architectures import BlockRunner, RunnerMismatch, layout
+from codeinterp.access.attention import probe
 from codeinterp.access.hooks import capture, edit_site, site_names
 from codeinterp.causal.pairs import PairBatch, logit_diff, normalised, pair_batches
 
-KINDS = ("resid", "attn", "mlp", "head")
+KINDS = ("resid", "attn", "mlp", "head", "head_q", "head_k")
+QK = ("head_q", "head_k")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,11 @@ class Setting:
     head: int = -1
 
 
-def settings_for(kind: str, n_layers: int, n_heads: int, positions: list[int], window: int = 1) -> list[Setting]:
+def settings_for(kind: str, n_layers: int, n_heads: int, positions: list[int], window: int = 1,
+                 n_kv: int | None = None) -> list[Setting]:
+    if kind in QK:
+        heads = n_heads if kind == "head_q" else (n_kv or n_heads)
+        return [Setting(kind, l, (l,), t, h) for l in range(n_layers) for h in range(heads) for t in positions]
     if kind == "resid":
         return [Setting(kind, l, (l,), t) for l in range(n_layers + 1) for t in positions]
     if kind == "head":
@@ -70,10 +77,11 @@ def embedding_noise(model, batch: PairBatch, scale: float, samples: int, seed: i
 
 class Patcher:
     """One batch of pairs, one corruption (a noise tensor or the counterfactual prompt) and one
-    direction: caches of the clean and corrupted runs and the patched runs."""
+    direction: caches of the clean and corrupted runs and the patched runs. `qk`: also cache
+    every layer's queries and keys (sites head_q, head_k)."""
 
-    def __init__(self, model, batch: PairBatch, direction: str, noise: torch.Tensor | None = None):
-        self.model, self.batch, self.direction, self.noise = model, batch, direction, noise
+    def __init__(self, model, batch: PairBatch, direction: str, noise: torch.Tensor | None = None, qk: bool = False):
+        self.model, self.batch, self.direction, self.noise, self.qk = model, batch, direction, noise, qk
         self.lay = layout(model)
         self.n = len(self.lay.blocks)
         self.runner = BlockRunner(model, batch.mask)
@@ -83,13 +91,20 @@ class Patcher:
         self.corrupt, self.corrupt_metric = self._run(bad_ids, noise, names)
         self.target, self.source = (self.corrupt, self.clean) if direction == "denoising" else (self.clean, self.corrupt)
         self.target_metric = self.corrupt_metric if direction == "denoising" else self.clean_metric
+        self.n_kv = int(self.clean["head_k.0"].shape[1]) if qk else None
+
+    def _noised(self, noise):
+        return edit_site(self.model, "resid.0", lambda v: v + noise.to(v.dtype)) if noise is not None else _null()
 
     @torch.no_grad()
     def _run(self, ids, noise, names):
-        edit = edit_site(self.model, "resid.0", lambda v: v + noise.to(v.dtype)) if noise is not None else _null()
-        with edit, capture(self.model, names) as got:
+        with self._noised(noise), capture(self.model, names) as got, \
+                (probe(self.model) if self.qk else _null()) as calls:
             logits = self.model(input_ids=ids, attention_mask=self.batch.mask).logits
-        return {k: v[0] for k, v in got.items()}, logit_diff(logits, self.batch)
+        values = {k: v[0] for k, v in got.items()}
+        for layer, call in (calls.items() if self.qk else ()):
+            values[f"head_q.{layer}"], values[f"head_k.{layer}"] = call.query.detach(), call.key.detach()
+        return values, logit_diff(logits, self.batch)
 
     def _source_at(self, name: str, rows: int, setting_of_row: list[Setting]):
         """A hook fn writing, in each repeated copy r of the batch, the source value of
@@ -113,6 +128,29 @@ class Patcher:
 
         return fn
 
+    def _qk_edit(self, setting_of_row: list[Setting]):
+        """A probe edit writing the source query (key) of each row's head_q (head_k) setting."""
+        B = len(self.batch)
+
+        def edit(layer, q, k):
+            mine = [(r, s) for r, s in enumerate(setting_of_row) if s.kind in QK and s.layer == layer]
+            if not mine:
+                return q, k
+            q, k = q.clone(), k.clone()
+            for r, s in mine:
+                value = q if s.kind == "head_q" else k
+                value[r * B:(r + 1) * B, s.head, s.position] = self.source[f"{s.kind}.{layer}"][:, s.head, s.position]
+            return q, k
+
+        return edit
+
+    def _edits(self, settings: list[Setting]) -> list:
+        names = sorted({f"{s.kind}.{l}" for s in settings if s.kind not in ("resid", *QK) for l in s.layers})
+        edits = [edit_site(self.model, name, self._source_at(name, 0, settings)) for name in names]
+        if any(s.kind in QK for s in settings):
+            edits.append(probe(self.model, edit=self._qk_edit(settings)))
+        return edits
+
     @torch.no_grad()
     def run(self, settings: list[Setting]) -> torch.Tensor:
         """Logit difference of each setting's patched run: [len(settings), B]. All settings of one
@@ -124,8 +162,7 @@ class Patcher:
         for r, s in enumerate(settings):
             if s.kind == "resid" and s.layer == start:
                 resid[r * B:(r + 1) * B, s.position] = self.source[f"resid.{start}"][:, s.position]
-        names = sorted({f"{s.kind}.{l}" for s in settings if s.kind != "resid" for l in s.layers})
-        edits = [edit_site(self.model, name, self._source_at(name, R * B, settings)) for name in names]
+        edits = self._edits(settings)
         for e in edits:
             e.__enter__()
         try:
@@ -142,19 +179,35 @@ class Patcher:
     def check(self, rtol: float = 1e-4) -> None:
         """Stop unless the fast path is the model: running nothing patched from the embeddings
         gives the target run's metric, restoring every position of the embeddings gives the
-        source run's, and a patched MLP output agrees with the model's own forward."""
-        positions = list(range(self.batch.clean.shape[1]))
+        source run's, one patched setting of each kind agrees with the model's own forward, and
+        writing the target's own values back (clean equal to corrupted) changes nothing."""
+        T = self.batch.clean.shape[1]
+        last = int(self.batch.last.min())
         _close(self._metric_from(self.target["resid.0"]), self.target_metric, "patching nothing", rtol)
         source_metric = self.clean_metric if self.direction == "denoising" else self.corrupt_metric
         _close(self._metric_from(self.source["resid.0"]), source_metric, "restoring every position", rtol)
-        setting = Setting("mlp", 0, (0,), positions[-1])
-        fast = self.run([setting])[0]
+        probes = [Setting("mlp", 0, (0,), min(last, T - 1)), Setting("head", 0, (0,), -1, 0)]
+        if self.qk:
+            probes += [Setting("head_q", 0, (0,), last, 0), Setting("head_k", 0, (0,), max(0, last - 1), 0)]
         ids = self.batch.corrupt if (self.direction == "denoising" and self.noise is None) else self.batch.clean
         noise = self.noise if self.direction == "denoising" else None
-        with (edit_site(self.model, "resid.0", lambda v: v + noise.to(v.dtype)) if noise is not None else _null()), \
-                edit_site(self.model, "mlp.0", self._source_at("mlp.0", len(self.batch), [setting])):
-            slow = logit_diff(self.model(input_ids=ids, attention_mask=self.batch.mask).logits, self.batch)
-        _close(fast, slow, "a patched MLP output through the block runner", rtol)
+        for setting in probes:
+            fast = self.run([setting])[0]
+            edits = [self._noised(noise), *self._edits([setting])]
+            for e in edits:
+                e.__enter__()
+            try:
+                slow = logit_diff(self.model(input_ids=ids, attention_mask=self.batch.mask).logits, self.batch)
+            finally:
+                for e in reversed(edits):
+                    e.__exit__(None, None, None)
+            _close(fast, slow, f"a patched {setting.kind} site through the block runner", rtol)
+        source, self.source = self.source, self.target
+        try:
+            same = self.run(probes)
+        finally:
+            self.source = source
+        _close(same, self.target_metric.expand_as(same), "writing the run's own values back", rtol)
 
     def _metric_from(self, resid: torch.Tensor) -> torch.Tensor:
         final = self.runner.run(resid.clone(), 0)
@@ -185,8 +238,12 @@ def _first_span(batch: PairBatch) -> int:
 
 @torch.no_grad()
 def sweep(model, pairs, *, kinds, directions, corruptions, window: int, noise_scale: float, noise_samples: int,
-          seed: int, batch_size: int, tokenizer=None, pad_id: int = 0, check_first: bool = True) -> pl.DataFrame:
-    """Per pair: the raw and normalised metric of every patched run (`level` = pair rows)."""
+          seed: int, batch_size: int, tokenizer=None, pad_id: int = 0, check_first: bool = True,
+          only: set | None = None) -> pl.DataFrame:
+    """Per pair: the raw and normalised metric of every patched run (`level` = pair rows).
+
+    `only`: a set of (site, layer, head, from_end) to patch (e.g. the top attribution settings,
+    `attribution.top_settings`); settings outside it are neither run nor reported."""
     lay = layout(model)
     n, H = len(lay.blocks), lay.n_heads
     rows = []
@@ -200,17 +257,18 @@ def sweep(model, pairs, *, kinds, directions, corruptions, window: int, noise_sc
                 embedding_noise(model, batch, noise_scale, noise_samples, seed))
             for sample, noise in enumerate(noises):
                 for direction in directions:
-                    patcher = Patcher(model, batch, direction, noise)
+                    patcher = Patcher(model, batch, direction, noise, qk=any(k in QK for k in kinds))
                     if not checked:
                         patcher.check()
                         checked = True
                     for kind in kinds:
-                        settings = settings_for(kind, n, H, live, window)
+                        settings = _kept(settings_for(kind, n, H, live, window, patcher.n_kv), batch, only)
                         values = _run_grouped(patcher, settings, max(1, batch_size // len(batch)))
                         rows.extend(_rows(batch, patcher, settings, values, corruption, sample, direction, window,
                                           tokenizer))
                         if kind != "head":
-                            skipped = settings_for(kind, n, H, [t for t in range(T) if t not in live], window)
+                            skipped = _kept(settings_for(kind, n, H, [t for t in range(T) if t not in live], window,
+                                                         patcher.n_kv), batch, only)
                             filled = torch.stack([patcher.target_metric] * len(skipped)) if skipped else None
                             rows.extend(_rows(batch, patcher, skipped, filled, corruption, sample, direction, window,
                                               tokenizer, computed=False))
@@ -222,6 +280,16 @@ def sweep(model, pairs, *, kinds, directions, corruptions, window: int, noise_sc
     return table.group_by(keys, maintain_order=True).agg(
         pl.col("source", "depth", "length", "from_end", "token", "window", "computed").first(),
         pl.col("metric", "clean_metric", "corrupt_metric", "normalised").mean(), pl.len().alias("samples"))
+
+
+def _kept(settings: list[Setting], batch: PairBatch, only: set | None) -> list[Setting]:
+    """The settings in `only` for at least one pair of the batch (positions counted from each
+    pair's end, as the attribution table ranks them)."""
+    if only is None:
+        return settings
+    lengths = {p.length for p in batch.pairs}
+    return [s for s in settings
+            if any((s.kind, s.layer, s.head, s.position - n if s.position >= 0 else 0) in only for n in lengths)]
 
 
 def _run_grouped(patcher: Patcher, settings: list[Setting], per_pass: int) -> torch.Tensor:
