@@ -8,9 +8,15 @@ For every head, at the last position of each clean brackets prompt:
   difference; a head with positive DLA promotes the right closer directly.
 - attention from the last position to the still-open openers and to the tokens of pairs already
   closed on the line (probability mass, eager attention's own pattern).
-- counting: Spearman's correlation, over pairs, of the head's output projected on the clean
-  answer token's unembedding direction (after the linearised norm) with the number of closed
-  pairs and with the number of still-open brackets (the depth), with bootstrap intervals.
+- counting: Spearman's correlation, over pairs, of the head's output projected on the closer
+  direction (the unit vector of the clean answer token's unembedding minus the counterfactual
+  one's, after the linearised norm: the head's DLA per unit of that direction's length) with
+  the number of closed pairs and with the number of still-open brackets (the depth), with
+  bootstrap intervals over pairs.
+
+The linearised norm is a first-order reading: the scale of the final norm is frozen at the
+clean run's last residual state (as TransformerLens does with ln_final's cached scale), so
+each head's part is what it adds to the logits when every other part is held fixed.
 A head "tracks a count" when one of the intervals excludes 0 and it is among the `top_k` by
 |rho|; it "promotes the right closer" when its mean DLA's interval lies above 0.
 """
@@ -27,6 +33,7 @@ from scipy.stats import rankdata
 from codeinterp.access.architectures import head_out_weights, layout
 from codeinterp.access.hooks import capture
 from codeinterp.causal.pairs import Pair, pair_batches
+from codeinterp.errors import ConfigError
 from codeinterp.uncertainty import MIN_UNITS, Bootstrap, bootstrap_means
 
 
@@ -47,7 +54,7 @@ def head_measures(model, pairs: list[Pair], batch_size: int, pad_id: int = 0) ->
             res = model(input_ids=batch.clean, attention_mask=batch.mask, output_attentions=True)
         final = got[f"resid.{n}"][0].float()  # [B, D]
         direction = U[batch.clean_token] - U[batch.corrupt_token]  # [B, D]
-        answer = U[batch.clean_token]
+        unit = direction.norm(dim=-1).clamp_min(1e-12)  # [B]
         dla = torch.zeros(B, n, H)
         proj = torch.zeros(B, n, H)
         for l in range(n):
@@ -55,7 +62,7 @@ def head_measures(model, pairs: list[Pair], batch_size: int, pad_id: int = 0) ->
             parts = torch.einsum("bhd,hdk->bhk", z, W[l])  # [B, H, D]
             normed = lay.frozen_norm(final[:, None, :].expand_as(parts), parts)
             dla[:, l] = (normed * direction[:, None]).sum(-1)
-            proj[:, l] = (normed * answer[:, None]).sum(-1) / answer.norm(dim=-1, keepdim=True)
+            proj[:, l] = dla[:, l] / unit[:, None]
         whole = (lay.frozen_norm(final, final) * direction).sum(-1)
         attn = torch.stack([a[rows, :, batch.last] for a in res.attentions], 1).float()  # [B, n, H, T]
         for i, p in enumerate(batch.pairs):
@@ -95,6 +102,10 @@ def _spearman_ci(x: np.ndarray, Y: np.ndarray, boot: Bootstrap) -> tuple[np.ndar
 
 
 def head_roles(model, pairs: list[Pair], batch_size: int, top_k: int, boot: Bootstrap, pad_id: int = 0) -> pl.DataFrame:
+    """One row per (layer, head), n = pairs; see the module docstring for the columns and flags."""
+    other = sorted({p.task for p in pairs} - {"brackets"})
+    if other:
+        raise ConfigError(f"head_roles: pairs of task {', '.join(other)}; the counting study needs brackets pairs")
     m = head_measures(model, pairs, batch_size, pad_id)
     N, n, H = m["dla"].shape
     flat = {k: m[k].reshape(N, n * H) for k in ("dla", "proj", "attn_open", "attn_closed")}
