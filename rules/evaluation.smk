@@ -5,6 +5,7 @@ rule evaluate:
     output:
         verdicts="results/{model}/{dataset}/verdicts.parquet",
         pass_at_k="results/{model}/{dataset}/pass_at_k.parquet",
+        timing="results/{model}/{dataset}/verdicts_timing.json",
     params:
         limits=config["evaluation"],
     conda:

@@ -3,7 +3,9 @@ rule generate:
         model=lambda wc: model_dir(wc.model),
         problems="results/datasets/{dataset}/problems.parquet",
     output:
-        "results/{model}/{dataset}/generations.parquet",
+        table="results/{model}/{dataset}/generations.parquet",
+        # Wall-clock time stays out of the table (byte-identical reruns).
+        timing="results/{model}/{dataset}/generations_timing.json",
     params:
         settings=lambda wc: generation_settings(wc.model),
         vllm_python=vllm_python(),

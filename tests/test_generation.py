@@ -37,7 +37,7 @@ def test_sampling_is_seeded(tiny_models):
     s = g.Settings(max_new_tokens=10, n=3, temperature=1.0, seed=7, chat=False)
     a = g.generate_transformers(model, tok, table_for(tok, ["def f"]), s)
     b = g.generate_transformers(model, tok, table_for(tok, ["def f"]), s)
-    assert a.drop("seconds").equals(b.drop("seconds"))
+    assert a.equals(b)  # no wall-clock column: the same settings give the same table
     assert a["sample_index"].to_list() == [0, 1, 2]
     assert len(set(a["completion"].to_list())) > 1
 

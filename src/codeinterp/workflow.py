@@ -104,17 +104,51 @@ def ablation_fill(model, targets, kind: str, batch_size: int):
     return mean_head_outputs(model, targets, batch_size)
 
 
-def resume_key(targets, model_dir: str | os.PathLike, settings: dict) -> str:
-    """Hash of what a resumable state depends on: the targets' token ids and scored spans, the
-    model's facts and the settings. A checkpoint with another key is stale."""
+def model_fingerprint(model_dir: str | os.PathLike) -> str:
+    """A cheap hash that tells prepared models apart: facts, config, and per weight file its
+    size and its first and last MiB (two random models with the same facts differ there)."""
     import hashlib
 
     h = hashlib.sha256()
-    h.update((Path(model_dir) / "facts.json").read_bytes())
-    h.update(json.dumps(settings, sort_keys=True).encode())
+    model_dir = Path(model_dir)
+    for name in ("facts.json", "config.json"):
+        if (model_dir / name).exists():
+            h.update((model_dir / name).read_bytes())
+    for path in sorted(model_dir.glob("*.safetensors")):
+        size = path.stat().st_size
+        h.update(f"{path.name}:{size}".encode())
+        with open(path, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()
+
+
+def resume_key(targets, model_dir: str | os.PathLike | None, settings: dict, files=()) -> str:
+    """Hash of what a resumable state depends on: the targets' token ids and scored spans, the
+    model (`model_fingerprint`), the settings and the bytes of any input `files`. A
+    checkpoint with another key is stale."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if model_dir is not None:
+        h.update(model_fingerprint(model_dir).encode())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in files:
+        h.update(Path(path).read_bytes())
     for t in targets:
         h.update(json.dumps([t.target_id, list(t.input_ids), t.code_start, t.code_end]).encode())
     return h.hexdigest()
+
+
+def checkpoint_for(smk, output, settings: dict, targets=(), files=(), name: str | None = None):
+    """The job's Checkpoint beside `output`, keyed by its model input (if any), settings,
+    targets and input files."""
+    from codeinterp.progress import Checkpoint
+
+    model = getattr(smk.input, "model", None) if hasattr(smk, "input") else None
+    name = name or getattr(smk, "rule", None) or "job"
+    return Checkpoint(output, resume_key(targets, model, settings, files), name, logging.getLogger(f"codeinterp.{name}"))
 
 
 def target_facts(targets: pl.DataFrame) -> dict:

@@ -7,7 +7,7 @@ from codeinterp.access.models import load_model, read_facts
 from codeinterp.access.scoring import targets_from_frame
 from codeinterp.analyses.activations import write_cache
 from codeinterp.errors import ConfigError
-from codeinterp.workflow import run_script
+from codeinterp.workflow import resume_key, run_script
 
 
 def main(smk):
@@ -23,6 +23,8 @@ def main(smk):
         sites=list(settings["sites"]), positions=settings["positions"], dtype=settings["dtype"],
         shard_tokens=settings["shard_tokens"], batch_size=settings["batch_size"],
         pad_id=tokenizer.pad_token_id or 0, meta=dataclasses.asdict(read_facts(smk.input.model)),
+        # A killed run's finished shards are kept and resumed when nothing they depend on changed.
+        resume=resume_key(targets, smk.input.model, dict(settings)),
     )
 
 

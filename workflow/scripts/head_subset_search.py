@@ -8,7 +8,7 @@ from codeinterp.analyses.pruning import regime_heads
 from codeinterp.access.scoring import targets_from_frame
 from codeinterp.analyses.subset_search import cma_head_subset, compare_subsets
 from codeinterp.uncertainty import Bootstrap
-from codeinterp.workflow import ablation_fill, delta_array, run_script, with_ids, write_json, write_parquet
+from codeinterp.workflow import ablation_fill, checkpoint_for, delta_array, run_script, with_ids, write_json, write_parquet
 
 
 def main(smk):
@@ -19,11 +19,15 @@ def main(smk):
     history = json.loads(open(smk.input.history).read())["history"]
     k, pad = p["k"], tokenizer.pad_token_id or 0
     result, compare = {"heads": [], "loss": None, "history": []}, pl.DataFrame()
+    # Subset losses found before a kill are kept beside the output; the seeded search replays.
+    checkpoint = checkpoint_for(smk, smk.output.search, {"search": dict(p), "rank_by": kind, "seed": smk.params.seed},
+                                targets)
     if targets and delta is not None:
         # Every set is removed with the intervention the heads were ranked by.
         fill = ablation_fill(model, targets, kind, p["batch_size"])
         result = cma_head_subset(model, targets, k, p["batch_size"], smk.params.seed, p["max_evals"],
-                                 sigma0=p["sigma0"], popsize=p["popsize"], fill=fill, pad_id=pad)
+                                 sigma0=p["sigma0"], popsize=p["popsize"], fill=fill, pad_id=pad,
+                                 checkpoint=checkpoint)
         taylor_order = [tuple(h) for row in history[1:] for h in row["pruned"]]
         sets = {
             "cma_es": [tuple(h) for h in result["heads"]],
@@ -38,6 +42,7 @@ def main(smk):
         compare = compare.with_columns(pl.lit(kind).alias("ablation"))
     write_json({"settings": dict(p), "ablation": kind, **result}, smk.output.search)
     write_parquet(with_ids(compare, smk), smk.output.compare)
+    checkpoint.done()
 
 
 run_script(snakemake, main)  # noqa: F821

@@ -8,6 +8,7 @@ from codeinterp.access.models import load_model
 from codeinterp.analyses.pruning import history_frame, taylor_pruning
 from codeinterp.access.scoring import targets_from_frame
 from codeinterp.uncertainty import Bootstrap
+from codeinterp.progress import Progress
 from codeinterp.workflow import ablation_fill, resume_key, run_script, with_ids, write_json, write_parquet
 
 log = logging.getLogger("taylor_pruning")
@@ -29,12 +30,20 @@ def main(smk):
     history = []
     if targets:
         fill = ablation_fill(model, targets, kind, t["batch_size"])
+        progress = Progress("taylor_pruning", t["iterations"] + 1, log, "iterations")
+        if previous:
+            progress.advance(len(previous["history"]), resumed=True)
+
+        def on_step(h):
+            write_json({"key": key, "settings": settings, "history": h}, checkpoint)
+            progress.advance()
+
         history = taylor_pruning(
             model, targets, t["batch_size"], t["iterations"], t["prune_per_iter"],
-            history=previous["history"] if previous else None,
-            on_step=lambda h: write_json({"key": key, "settings": settings, "history": h}, checkpoint),
+            history=previous["history"] if previous else None, on_step=on_step,
             fill=fill, pad_id=tokenizer.pad_token_id or 0,
         )
+        progress.close()
     write_json({"key": key, "settings": settings, "history": history}, smk.output.history)
     write_parquet(with_ids(history_frame(history, Bootstrap.from_config(smk.params.config)), smk), smk.output.table)
     checkpoint.unlink(missing_ok=True)

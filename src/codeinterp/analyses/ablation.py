@@ -58,6 +58,7 @@ from codeinterp.access.architectures import BlockRunner, head_out_weights
 from codeinterp.access.heads import full_mask, head_intervention, mask_from_heads
 from codeinterp.access.scoring import Batch, Target, batches, per_target_mean
 from codeinterp.access.sites import head_out_proj, layout
+from codeinterp.progress import NO_CHECKPOINT
 from codeinterp.uncertainty import Bootstrap, bootstrap_means
 
 __all__ = [
@@ -219,6 +220,7 @@ def head_ablation(
     batch_size: int = 8,
     heads_per_pass: int | None = None,
     fill: torch.Tensor | None = None,
+    checkpoint=NO_CHECKPOINT,
 ) -> pl.DataFrame:
     """Exact single-head ablation sweep, fast (see the module docstring).
 
@@ -226,27 +228,37 @@ def head_ablation(
     `mean_head_outputs(model, targets, batch_size)` when not given). `heads_per_pass` heads
     of one layer share a forward on the batch axis (all of the layer's heads by default).
     Returns one row per (layer, head, target) with the clean and ablated code losses.
+    A `checkpoint` keeps every (batch, layer) step's losses; a resumed run recomputes only
+    the clean pass of the steps it finds.
     """
     fill = _resolve_fill(model, targets, kind, batch_size, fill)
     lay = layout(model)
     n_layers, n_heads, head_dim = len(lay.blocks), lay.n_heads, lay.head_dim
     per_pass = max(1, min(heads_per_pass or n_heads, n_heads))
     records = []
-    for i, batch in enumerate(batches(list(targets), batch_size, _pad_id(model))):
+    all_batches = list(batches(list(targets), batch_size, _pad_id(model)))
+    checkpoint.begin(len(all_batches) * n_layers, "layers")
+    verified = False
+    for i, batch in enumerate(all_batches):
         batch = _trim(batch)
         runner = BlockRunner(model, batch.attention_mask)
         restrict = runner.can_restrict_last_block()
         B, T = batch.input_ids.shape
         resid = runner.embed(batch.input_ids)
-        if i == 0:
-            runner.verify(batch, resid, restrict, "head_ablation")
         ablated = torch.empty(n_layers, n_heads, B)
         last = n_layers - 1
+        steps = [f"{kind}-batch{i:05d}-layer{layer:04d}" for layer in range(n_layers)]
+        saved = [checkpoint.get(step) for step in steps]
+        if not verified and None in saved:  # the first batch this run computes checks the runner
+            runner.verify(batch, resid, restrict, "head_ablation")
+            verified = True
         for layer in range(n_layers):
             attn, z = _capture_head_outputs(model, layer, lambda: runner.attn_out(layer, resid))
+            if saved[layer] is not None:  # only the clean pass runs through a resumed layer
+                ablated[layer] = torch.tensor(saved[layer], dtype=ablated.dtype)
             z = z.view(B, T, n_heads, head_dim)
             w = head_out_weights(model, layer)
-            for h0 in range(0, n_heads, per_pass):
+            for h0 in range(0, n_heads, per_pass) if saved[layer] is None else ():
                 hs = list(range(h0, min(h0 + per_pass, n_heads)))
                 k = len(hs)
                 diff = -z[:, :, hs] if fill is None else fill[layer, hs].to(z.dtype) - z[:, :, hs]
@@ -265,6 +277,8 @@ def head_ablation(
                     else:
                         out = runner.run(x, layer + 1)[rows, positions]
                 ablated[layer, hs] = runner.losses_at(out, batch, k)
+            if saved[layer] is None:
+                checkpoint.put(steps[layer], ablated[layer].tolist())
             if layer < last:
                 resid = runner.mlp_half(layer, runner.attn_add(layer, resid, attn))
             else:
@@ -300,6 +314,8 @@ def knockout(
     steps_per_pass: int = 8,
     every: int = 1,
     boot: Bootstrap | None = None,
+    checkpoint=NO_CHECKPOINT,
+    step_prefix: str = "knockout",
 ) -> pl.DataFrame:
     """Cumulative removal in `ranking` order: loss (mean over targets of the per-target code
     loss) with the first k heads removed, k = 0..len(ranking). Columns k, layer, head (the
@@ -311,7 +327,7 @@ def knockout(
 
     `steps_per_pass` consecutive k values share a forward on the batch axis; they agree on
     every layer below the earliest head they add to the chunk's first mask, so those layers
-    run once, on the batch alone.
+    run once, on the batch alone. A `checkpoint` keeps each (batch, chunk of k) step's losses.
     """
     fill = _resolve_fill(model, targets, kind, batch_size, fill)
     lay = layout(model)
@@ -334,17 +350,27 @@ def knockout(
     per_target: dict[str, torch.Tensor] = {}  # target id -> loss at every step
     per_pass = max(1, steps_per_pass)
     last = n_layers - 1
-    for i, batch in enumerate(batches(list(targets), batch_size, _pad_id(model))):
+    all_batches = list(batches(list(targets), batch_size, _pad_id(model)))
+    chunks = range(0, len(chosen), per_pass)
+    checkpoint.begin(len(all_batches) * len(chunks), "chunks")
+    verified = False
+    for i, batch in enumerate(all_batches):
         batch = _trim(batch)
         runner = BlockRunner(model, batch.attention_mask)
         restrict = runner.can_restrict_last_block()
         B = batch.input_ids.shape[0]
         losses = torch.zeros(n_steps, B, dtype=torch.float64)
         emb = runner.embed(batch.input_ids)
-        if i == 0:
+        steps = [f"{step_prefix}-batch{i:05d}-chunk{c0:05d}" for c0 in chunks]
+        saved = [checkpoint.get(step) for step in steps]
+        if not verified and None in saved:  # the first batch this run computes checks the runner
             runner.verify(batch, emb, restrict, "knockout")
-        for c0 in range(0, len(chosen), per_pass):
+            verified = True
+        for c0, step, done in zip(chunks, steps, saved):
             ks = chosen[c0 : c0 + per_pass]
+            if done is not None:
+                losses[ks] = torch.tensor(done, dtype=losses.dtype)
+                continue
             k0 = ks[0]
             added = ranking[k0 : ks[-1]]
             split = min(min((l for l, _ in added), default=n_layers), last if restrict else n_layers)
@@ -361,6 +387,7 @@ def knockout(
                 with head_intervention(model, keep, fill, layers=range(split, n_layers)):
                     out = runner.run(x, split)[rows, positions]
             losses[ks] = runner.losses_at(out, batch, len(ks)).double()
+            checkpoint.put(step, losses[ks].tolist())
         per_target.update({t: losses[:, j] for j, t in enumerate(batch.target_ids)})
     matrix = np.stack([per_target[t][chosen].numpy() for t in sorted(per_target)])  # [targets, steps]
     loss, low, high = bootstrap_means(matrix, boot or Bootstrap())
@@ -395,6 +422,6 @@ def knockout_curves(model, targets: Sequence[Target], delta_matrix: np.ndarray, 
         raise ValueError("delta matrix has missing heads (NaN)")
     frames = []
     for order, most in (("most_first", True), ("least_first", False)):
-        df = knockout(model, targets, ranking_from_deltas(deltas, most), batch_size, **kwargs)
+        df = knockout(model, targets, ranking_from_deltas(deltas, most), batch_size, step_prefix=order, **kwargs)
         frames.append(df.with_columns(pl.lit(order).alias("order")).select("order", *KNOCKOUT_SCHEMA))
     return pl.concat(frames)

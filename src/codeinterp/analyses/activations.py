@@ -17,7 +17,10 @@ first of them; "all" is every token of the target. Values are computed in float3
 rounded once to the storage dtype.
 
 The directory is built in a hidden sibling and renamed into place after its index is
-written, so a failed or killed run never leaves a directory that looks complete.
+written, so a failed or killed run never leaves a directory that looks complete. With a
+`resume` key, the sibling also holds `resume.json` (the key and the shards finished so far):
+a run killed midway resumes after its last finished shard, recomputing only the batch that
+straddles it, and writes the same bytes as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from codeinterp.access import hooks
 from codeinterp.access.architectures import layout
 from codeinterp.access.scoring import Target, make_batch
 from codeinterp.errors import ConfigError
+from codeinterp.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +92,13 @@ class _ShardWriter:
     """Accumulates rows of every site and writes a shard each time `shard_tokens` are held,
     so memory holds at most one shard plus one batch whatever the number of targets."""
 
-    def __init__(self, directory: Path, names: list[str], shard_tokens: int):
+    def __init__(self, directory: Path, names: list[str], shard_tokens: int, done: list[int] = (), on_flush=None):
         self.directory, self.names, self.shard_tokens = directory, names, shard_tokens
         self.pending: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         self.n_pending = 0
-        self.rows_per_shard: list[int] = []
+        self.rows_per_shard: list[int] = list(done)  # shards a killed run finished
         self.bytes = 0
+        self.on_flush = on_flush
 
     def add(self, values: dict[str, torch.Tensor]) -> None:
         for n in self.names:
@@ -122,6 +127,8 @@ class _ShardWriter:
         self.rows_per_shard.append(n)
         self.pending = {name: [rest[name]] if len(rest[name]) else [] for name in self.names}
         self.n_pending -= n
+        if self.on_flush:
+            self.on_flush(self.rows_per_shard)
 
 
 def shard_file(i: int) -> str:
@@ -157,12 +164,15 @@ def _site_shapes(model, names: list[str], pad_id: int) -> dict[str, list[int]]:
 
 
 def write_cache(model, targets: list[Target], out_dir, *, sites: list[str], positions: str, dtype: str,
-                shard_tokens: int, batch_size: int, pad_id: int = 0, meta: dict | None = None) -> dict:
+                shard_tokens: int, batch_size: int, pad_id: int = 0, meta: dict | None = None,
+                resume: str | None = None) -> dict:
     """Cache the site kinds `sites` of `model` on `targets` into `out_dir`; returns the index.
 
-    Targets run in their given order, `batch_size` at a time; the first batch is checked
-    with `hooks.check_decomposition` (a RunnerMismatch stops the run before anything is
-    kept). The same inputs give byte-identical shards and index.
+    Targets run in their given order, `batch_size` at a time; the first batch a run computes
+    is checked with `hooks.check_decomposition` (a RunnerMismatch stops the run before
+    anything is kept). The same inputs give byte-identical shards and index. `resume`: a
+    key of everything the cache depends on (model included); a killed run's finished
+    shards with the same key are kept (see the module docstring).
     """
     check_settings(sites, positions, dtype, shard_tokens, batch_size)
     ids = [t.target_id for t in targets]
@@ -174,32 +184,71 @@ def write_cache(model, targets: list[Target], out_dir, *, sites: list[str], posi
                 "batch_size": batch_size, "pad_id": pad_id}
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.partial"
-    if tmp.exists():  # left by a killed run
+    done = _resumable(tmp, resume)
+    if done is None and tmp.exists():  # left by a killed run with other inputs, or not resumable
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     try:
-        index = _write(model, targets, tmp, names, settings, meta)
+        index = _write(model, targets, tmp, names, settings, meta, done or [], resume)
+        (tmp / RESUME_FILE).unlink(missing_ok=True)
         _replace_dir(tmp, out_dir)
-    except BaseException:
+    except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return index
 
 
-def _write(model, targets: list[Target], tmp: Path, names: list[str], settings: dict, meta: dict | None) -> dict:
+RESUME_FILE = "resume.json"
+
+
+def _resumable(tmp: Path, key: str | None) -> list[int] | None:
+    """Rows per finished shard of a killed run with this key, or None."""
+    path = tmp / RESUME_FILE
+    if key is None or not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    if state.get("key") != key:
+        log.warning("discarding stale partial activation cache %s (inputs or settings changed)", tmp)
+        return None
+    log.info("activation cache: resuming after %d finished shards", len(state["rows_per_shard"]))
+    return list(state["rows_per_shard"])
+
+
+def _save_state(tmp: Path, key: str, rows_per_shard: list[int]) -> None:
+    path = tmp / RESUME_FILE
+    path.with_name(RESUME_FILE + ".tmp").write_text(json.dumps({"key": key, "rows_per_shard": rows_per_shard}))
+    os.replace(path.with_name(RESUME_FILE + ".tmp"), path)
+
+
+def _write(model, targets: list[Target], tmp: Path, names: list[str], settings: dict, meta: dict | None,
+           done: list[int], resume: str | None) -> dict:
     t0 = time.perf_counter()
     positions, dtype = settings["positions"], DTYPES[settings["dtype"]]
-    writer = _ShardWriter(tmp, names, settings["shard_tokens"])
-    shapes = None
+    on_flush = (lambda rows: _save_state(tmp, resume, rows)) if resume else None
+    writer = _ShardWriter(tmp, names, settings["shard_tokens"], done, on_flush)
+    if resume:
+        _save_state(tmp, resume, done)
+    skip, row = sum(done), 0  # rows already in finished shards; the first row of the batch
     step = settings["batch_size"]
+    progress = Progress("cache_activations", -(-len(targets) // step), log, "batches")
+    checked = False
     for start in range(0, len(targets), step):
-        values = _batch_values(model, names, targets[start : start + step], positions, dtype, settings["pad_id"],
-                               check=start == 0)
-        if start == 0:
-            shapes = {n: list(v.shape[1:]) for n, v in values.items()}
+        group = targets[start : start + step]
+        n_rows = sum(b - a for a, b in (cached_span(t, positions) for t in group))
+        if row + n_rows <= skip:
+            row += n_rows
+            progress.advance(resumed=True)
+            continue
+        values = _batch_values(model, names, group, positions, dtype, settings["pad_id"], check=not checked)
+        checked = True
+        if row < skip:  # the batch straddling the last finished shard: keep only its new rows
+            values = {n: v[skip - row :] for n, v in values.items()}
+        row += n_rows
         writer.add(values)
-    if shapes is None:
-        shapes = _site_shapes(model, names, settings["pad_id"])
+        progress.advance()
+    progress.close()
+    # Shapes from a one-token forward, not the first batch, which a resumed run may skip.
+    shapes = _site_shapes(model, names, settings["pad_id"])
     rows_per_shard = writer.finish()
     spans = [cached_span(t, positions) for t in targets]
     index = {

@@ -29,6 +29,7 @@ from codeinterp.access.heads import full_mask, mask_from_heads
 from codeinterp.analyses.pruning import Head, head_name, target_losses
 from codeinterp.uncertainty import Bootstrap, bootstrap_means
 from codeinterp.access.scoring import Batch, Target, batches, code_losses
+from codeinterp.progress import NO_CHECKPOINT
 
 
 def _tile(b: Batch, m: int) -> Batch:
@@ -89,6 +90,7 @@ def cma_head_subset(
     fill=None,
     pad_id: int = 0,
     tie_break: float = 1e-6,
+    checkpoint=NO_CHECKPOINT,
 ) -> dict:
     """CMA-ES search for the k heads whose joint removal hurts the mean code loss least.
 
@@ -98,6 +100,10 @@ def cma_head_subset(
     CMA-ES is seeded with `seed + 1` (cma reads 0 as "seed from the clock") and the global
     NumPy random state it reseeds is restored afterwards. A generation is only started if
     it fits in `max_evals` (the first always runs).
+
+    Resuming: the subset losses (the only costly part) are kept in `checkpoint` after every
+    generation; a resumed run replays the seeded search from the start and finds them there,
+    so it takes the same steps and returns the same result.
     """
     shape = tuple(full_mask(model).shape)
     n, n_heads = shape[0] * shape[1], shape[1]
@@ -107,12 +113,17 @@ def cma_head_subset(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if max_evals < 1:
         raise ValueError(f"max_evals must be >= 1, got {max_evals}")
-    cache: dict[tuple[Head, ...], float] = {}
+    saved = checkpoint.get("subset-losses") or []
+    cache: dict[tuple[Head, ...], float] = {tuple(tuple(h) for h in s): v for s, v in saved}
 
     def evaluate(subsets):
         new = [s for s in dict.fromkeys(subsets) if s not in cache]
         for s, v in zip(new, subset_losses(model, targets, [list(s) for s in new], batch_size, fill, pad_id)):
             cache[s] = v
+        if new:
+            checkpoint.put("subset-losses", [[[list(h) for h in s], v] for s, v in cache.items()], advance=False)
+        if checkpoint.progress is not None:
+            checkpoint.progress.advance(resumed=not new)
         return [cache[s] for s in subsets]
 
     if k == n:  # nothing to search
@@ -130,6 +141,7 @@ def cma_head_subset(
             if popsize is not None:
                 opts["popsize"] = int(popsize)
             es = cma.CMAEvolutionStrategy(np.zeros(n), float(sigma0), opts)
+            checkpoint.begin(max(1, 1 + (max_evals - es.popsize) // es.popsize), "generations")
             best: tuple[float, tuple[Head, ...]] | None = None
             history = []
             generation = 0

@@ -37,12 +37,16 @@ import polars as pl
 
 from codeinterp.benchmarks import harness
 from codeinterp.benchmarks.sandbox import Limits, RunResult, isolation_available, run_python
+from codeinterp.progress import NO_CHECKPOINT
 
 __all__ = ["Verdict", "STATUSES", "check_program", "evaluate_many", "pass_at_k", "pass_at_k_table",
            "normalize_output", "outputs_match"]
 
 STATUSES = ("passed", "failed", "timeout", "memory", "error")
 _MESSAGE_CHARS = 300
+# Programs per checkpoint step: small enough that a kill loses little, large enough that
+# every worker has several programs per step.
+CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -181,8 +185,12 @@ def check_program(program: str, test_type: str, tests: str, limits: Limits) -> V
     raise ValueError(f"unknown test_type {test_type!r} (expected 'assert' or 'stdin')")
 
 
-def evaluate_many(items: list[tuple[str, str, str]], limits: Limits, workers: int) -> list[Verdict]:
-    """check_program over (program, test_type, tests) items, ``workers`` at a time, in input order."""
+def evaluate_many(items: list[tuple[str, str, str]], limits: Limits, workers: int,
+                  checkpoint=NO_CHECKPOINT) -> list[Verdict]:
+    """check_program over (program, test_type, tests) items, ``workers`` at a time, in input order.
+
+    Items run in chunks of ``CHUNK``; a ``checkpoint`` keeps each finished chunk's verdicts,
+    so a killed evaluation resumes at the first unfinished chunk."""
     items = list(items)
     for _, test_type, _ in items:  # fail fast on bad input, before running anything
         if test_type not in ("assert", "stdin"):
@@ -190,10 +198,23 @@ def evaluate_many(items: list[tuple[str, str, str]], limits: Limits, workers: in
     if not items:
         return []
     workers = max(1, int(workers))
-    if workers == 1:
-        return [check_program(p, t, s, limits) for p, t, s in items]
+    out: list[Verdict] = []
+    checkpoint.begin(-(-len(items) // CHUNK), "chunks")
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox") as pool:
-        return list(pool.map(lambda it: check_program(it[0], it[1], it[2], limits), items))
+        for start in range(0, len(items), CHUNK):
+            step = f"chunk-{start // CHUNK:05d}"
+            saved = checkpoint.get(step)
+            if saved is not None:
+                out += [Verdict(*v) for v in saved]
+                continue
+            chunk = items[start : start + CHUNK]
+            if workers == 1:
+                done = [check_program(p, t, s, limits) for p, t, s in chunk]
+            else:
+                done = list(pool.map(lambda it: check_program(it[0], it[1], it[2], limits), chunk))
+            checkpoint.put(step, [[v.status, v.message, v.isolation, v.seconds] for v in done])
+            out += done
+    return out
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -245,20 +266,34 @@ VERDICT_SCHEMA = {
     "status": pl.Utf8,
     "message": pl.Utf8,
     "isolation": pl.Utf8,
-    "seconds": pl.Float64,
 }
+# No wall-clock column (Verdict.seconds): the same generations give the same bytes; the
+# rule writes timings to a separate file (`verdict_timing`).
+
+
+def verdict_timing(verdicts: list[Verdict]) -> dict:
+    """Sandbox seconds in all and per status, for the timing file beside the verdicts."""
+    per: dict[str, float] = {}
+    for v in verdicts:
+        per[v.status] = per.get(v.status, 0.0) + v.seconds
+    return {"programs": len(verdicts), "sandbox_seconds": round(sum(per.values()), 3),
+            "sandbox_seconds_by_status": {k: round(per[k], 3) for k in sorted(per)}}
 
 
 def evaluate_generations(problems: pl.DataFrame, generations: pl.DataFrame, limits: Limits, workers: int,
-                         ks: list[int]) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The `evaluate` stage: one verdict per generated sample, and pass@k per problem."""
+                         ks: list[int], checkpoint=NO_CHECKPOINT, timing: dict | None = None,
+                         ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The `evaluate` stage: one verdict per generated sample, and pass@k per problem
+    (`timing`, when given, receives `verdict_timing`)."""
     tests = {r["problem_id"]: (r["test_type"], r["tests"]) for r in problems.iter_rows(named=True)}
     unknown = sorted(set(generations["problem_id"]) - set(tests))
     if unknown:
         raise ValueError(f"generations name problem(s) missing from the dataset: {', '.join(unknown[:5])}")
     gens = generations.sort("problem_id", "sample_index")
     items = [(g["program"], *tests[g["problem_id"]]) for g in gens.iter_rows(named=True)]
-    verdicts = evaluate_many(items, limits, workers)
+    verdicts = evaluate_many(items, limits, workers, checkpoint)
+    if timing is not None:
+        timing.update(verdict_timing(verdicts))
     table = pl.DataFrame(
         {
             "dataset": gens["dataset"],
@@ -267,7 +302,6 @@ def evaluate_generations(problems: pl.DataFrame, generations: pl.DataFrame, limi
             "status": [v.status for v in verdicts],
             "message": [v.message for v in verdicts],
             "isolation": [v.isolation for v in verdicts],
-            "seconds": [v.seconds for v in verdicts],
         },
         schema=VERDICT_SCHEMA,
     )

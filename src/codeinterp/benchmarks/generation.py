@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from codeinterp.benchmarks import prompts
 from codeinterp.errors import ConfigError
 from codeinterp.access.heads import head_intervention
+from codeinterp.progress import NO_CHECKPOINT
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ GENERATION_SCHEMA = {
     "completion_ids": pl.List(pl.Int64),
     "ids_source": pl.Utf8,  # "generated" | "retokenized"
     "finish_reason": pl.Utf8,
-    "seconds": pl.Float64,
 }
+# No wall-clock column: the same config gives the same bytes; the rule writes its timing
+# to a separate file.
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
 
 
 def _record(p: dict, sample: int, backend: str, settings: Settings, text: str, ids: list[int] | None, reason: str,
-            seconds: float, ids_source: str = "generated") -> dict:
+            ids_source: str = "generated") -> dict:
     row = p["row"]
     code = prompts.extract_code(text, prefilled=backend != "replay" and prompts.is_prefilled(p["text"]))
     return {
@@ -103,7 +104,6 @@ def _record(p: dict, sample: int, backend: str, settings: Settings, text: str, i
         "prompt_tokens": len(p["ids"]),
         "completion_tokens": len(ids) if ids is not None and ids_source == "generated" else None,
         "finish_reason": reason,
-        "seconds": seconds,
         "prompt_ids": list(p["ids"]),
         "completion_ids": list(ids) if ids is not None else None,
         "ids_source": ids_source,
@@ -155,18 +155,26 @@ class StopInGenerated(StoppingCriteria):
 
 @torch.inference_mode()
 def generate_transformers(model, tokenizer, table: list[dict], settings: Settings, keep: torch.Tensor | None = None,
-                          fill: torch.Tensor | None = None) -> pl.DataFrame:
+                          fill: torch.Tensor | None = None, checkpoint=NO_CHECKPOINT) -> pl.DataFrame:
     """Batched generation with left padding; HF derives position ids from the attention mask.
 
     `keep` masks heads during generation (pruned-model evaluation); removed heads output zero,
-    or `fill` (their mean outputs) under mean ablation.
+    or `fill` (their mean outputs) under mean ablation. Batch b samples with seed
+    `settings.seed + b`, so the batches a `checkpoint` holds from a killed run are the
+    batches this run would make.
     """
     table = _with_stops(table, settings)
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     out = []
+    checkpoint.begin(-(-len(table) // settings.batch_size), "batches")
     for b, start in enumerate(range(0, len(table), settings.batch_size)):
         chunk = table[start : start + settings.batch_size]
+        saved = checkpoint.get(f"batch-{b:05d}")
+        if saved is not None:
+            out += saved
+            continue
+        first = len(out)
         ids, mask = _left_pad([p["ids"] for p in chunk], pad_id)
         torch.manual_seed(settings.seed + b)
         kwargs = dict(
@@ -185,21 +193,19 @@ def generate_transformers(model, tokenizer, table: list[dict], settings: Setting
             per_row = [p for p in chunk for _ in range(settings.n)]
             criterion = StopInGenerated(tokenizer, ids.shape[1], [p["ids"] for p in per_row], [p["stops"] for p in per_row])
             kwargs.update(stopping_criteria=StoppingCriteriaList([criterion]))
-        t0 = time.perf_counter()
         if keep is None:
             seqs = model.generate(**kwargs)
         else:
             with head_intervention(model, keep, fill):
                 seqs = model.generate(**kwargs)
-        per_row_s = (time.perf_counter() - t0) / (len(chunk) * settings.n)
         new = seqs[:, ids.shape[1] :].tolist()
         for i, p in enumerate(chunk):
             for s in range(settings.n):
                 toks = _trim(new[i * settings.n + s], eos_id, pad_id)
                 text, stopped = cut_at_stop(prompts.decode_continuation(tokenizer, p["ids"], toks), p["stops"])
                 ended = stopped or (toks and toks[-1] == eos_id) or len(toks) < settings.max_new_tokens
-                out.append(_record(p, s, "transformers", settings, text, toks, "stop" if ended else "length", per_row_s))
-        log.info("generated %d/%d problems", min(start + settings.batch_size, len(table)), len(table))
+                out.append(_record(p, s, "transformers", settings, text, toks, "stop" if ended else "length"))
+        checkpoint.put(f"batch-{b:05d}", out[first:])
     return pl.DataFrame(out, schema=GENERATION_SCHEMA)
 
 
@@ -207,7 +213,6 @@ def generate_vllm(model_dir: str, tokenizer, table: list[dict], settings: Settin
     from codeinterp.access.vllm_backend import generate_vllm as run_worker
 
     table = _with_stops(table, settings)
-    t0 = time.perf_counter()
     rows = run_worker(
         python=python,
         model_dir=str(model_dir),
@@ -219,7 +224,6 @@ def generate_vllm(model_dir: str, tokenizer, table: list[dict], settings: Settin
         seed=settings.seed,
         stop=[p["stops"] for p in table],
     )
-    per_row = (time.perf_counter() - t0) / max(1, len(rows))
     out = []
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
@@ -229,7 +233,7 @@ def generate_vllm(model_dir: str, tokenizer, table: list[dict], settings: Settin
         # detokenizer drops partial UTF-8 characters, so its text can differ for the same ids.
         toks = _trim(list(r["token_ids"]), eos_id, pad_id)
         text, _ = cut_at_stop(prompts.decode_continuation(tokenizer, p["ids"], toks), p["stops"])
-        out.append(_record(p, r["sample_index"], "vllm", settings, text, toks, r["finish_reason"], per_row))
+        out.append(_record(p, r["sample_index"], "vllm", settings, text, toks, r["finish_reason"]))
     return pl.DataFrame(out, schema=GENERATION_SCHEMA).sort("problem_id", "sample_index", maintain_order=True)
 
 
@@ -275,14 +279,15 @@ def replay(samples: pl.DataFrame, table: list[dict], settings: Settings, tokeniz
     for s in samples.iter_rows(named=True):
         p = by_id[s["problem_id"]]
         ids = prompts.encode_continuation(tokenizer, p["text"], p["ids"], s["completion"])[0] if tokenizer is not None else None
-        out.append(_record(p, s["sample_index"], "replay", replay_settings, s["completion"], ids, "replay", 0.0, "retokenized"))
+        out.append(_record(p, s["sample_index"], "replay", replay_settings, s["completion"], ids, "replay", "retokenized"))
     return pl.DataFrame(out, schema=GENERATION_SCHEMA).sort("problem_id", "sample_index", maintain_order=True)
 
 
 def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Settings, backend: str,
                    vllm_python: str | None = None, samples: str | None = None, keep: torch.Tensor | None = None,
-                   fill: torch.Tensor | None = None) -> pl.DataFrame:
-    """The `generate` stage: one table of generations for the selected problems."""
+                   fill: torch.Tensor | None = None, checkpoint=NO_CHECKPOINT) -> pl.DataFrame:
+    """The `generate` stage: one table of generations for the selected problems (the
+    transformers backend resumes from `checkpoint`'s batches)."""
     from codeinterp.access.models import load_model, read_facts
 
     facts = read_facts(model_dir)
@@ -299,7 +304,8 @@ def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Sett
         return replay(read_replay(samples), table, settings, tokenizer)
     if backend == "transformers":
         model, tokenizer = load_model(model_dir)
-        return generate_transformers(model, tokenizer, prompt_table(problems, tokenizer, settings, facts.max_positions), settings, keep, fill)
+        return generate_transformers(model, tokenizer, prompt_table(problems, tokenizer, settings, facts.max_positions), settings, keep, fill,
+                                     checkpoint)
     if backend == "vllm":
         if keep is not None:
             raise ConfigError("the vllm backend takes a pruned checkpoint, not a head mask")
