@@ -187,3 +187,97 @@ def test_a_stale_partial_cache_is_not_resumed(tmp_path):
     activations.write_cache(model, targets, tmp_path / "c", resume="key", **kw)
     activations.write_cache(model, targets, tmp_path / "fresh", **kw)
     assert (tmp_path / "c" / "shard-00000.safetensors").read_bytes() == (tmp_path / "fresh" / "shard-00000.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------
+# The pipeline: kill -9 at several points, rerun, compare every table.
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+M = "results/tiny-llama/mbpp"
+# The stages with checkpoints, on one dataset; batches of one so that each has several steps.
+WANTED = [f"{M}/verdicts.parquet", f"{M}/ablation/knockout.parquet", f"{M}/subset_search/compare.parquet",
+          f"{M}/activations"]
+# Kill when a step of this stage is saved (or, on a fast machine, once its output exists).
+KILL_AT = [(f"{M}/generations.parquet", "batch-00001.json"),
+           (f"{M}/ablation/head_deltas.parquet", "zero-batch00002-layer0000.json"),
+           (f"{M}/ablation/knockout.parquet", "most_first-batch00001-chunk00000.json")]
+
+
+def _config(tmp_path: Path) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["datasets"] = {"mbpp": cfg["datasets"]["mbpp"]}
+    cfg["generation"]["batch_size"] = 1
+    cfg["ablation"]["batch_size"] = 1
+    cfg["ablation"]["knockout_steps_per_pass"] = 2
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _snakemake(workdir: Path, config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
+            "--configfile", str(config), *args, *WANTED]
+
+
+def _run(workdir: Path, config: Path, *args: str) -> None:
+    proc = subprocess.run(_snakemake(workdir, config, *args), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _kill_when(workdir: Path, config: Path, output: str, step: str, timeout: float = 300) -> str:
+    """Start the pipeline, SIGKILL its whole process group once `output`'s checkpoint holds
+    `step` (or `output` exists), and say which happened."""
+    if workdir.exists():  # a killed Snakemake leaves its lock
+        subprocess.run(_snakemake(workdir, config, "--unlock"), capture_output=True, check=True)
+    proc = subprocess.Popen(_snakemake(workdir, config, "--rerun-incomplete"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    partial, done = workdir / f"{output}.partial" / step, workdir / output
+    end = time.monotonic() + timeout
+    seen = "nothing"
+    try:
+        while time.monotonic() < end and proc.poll() is None:
+            if partial.exists():
+                seen = "step"
+                break
+            if done.exists():
+                seen = "output"
+                break
+            time.sleep(0.02)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return seen
+
+
+def _tables(workdir: Path) -> dict[str, bytes]:
+    out = {}
+    for path in sorted((workdir / "results").rglob("*")):
+        rel = str(path.relative_to(workdir))
+        if path.is_file() and not rel.endswith("_timing.json") and ".partial" not in rel:
+            out[rel] = path.read_bytes()
+    return out
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_gives_the_uninterrupted_tables(tmp_path):
+    config = _config(tmp_path)
+    killed = tmp_path / "killed"
+    seen = [_kill_when(killed, config, output, step) for output, step in KILL_AT]
+    assert "nothing" not in seen, seen
+    subprocess.run(_snakemake(killed, config, "--unlock"), capture_output=True, check=True)
+    _run(killed, config, "--rerun-incomplete")
+    _run(tmp_path / "whole", config)
+    a, b = _tables(killed), _tables(tmp_path / "whole")
+    assert sorted(a) == sorted(b)
+    assert any(k.endswith("verdicts.parquet") for k in a) and any("activations/shard-" in k for k in a)
+    assert [k for k in a if a[k] != b[k]] == []
+    assert not list((killed / "results").rglob("*.partial"))  # checkpoints go once outputs are complete
+    logs = "".join(p.read_text() for p in (killed / "logs").rglob("*.log"))
+    if "step" in seen:  # a kill caught a job midway: its rerun resumed rather than started over
+        assert "resuming from" in logs
