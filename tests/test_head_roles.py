@@ -80,3 +80,24 @@ def test_head_roles_refuses_other_tasks():
     model, tok, _ = build_one_head_model("llama")
     with pytest.raises(ConfigError, match="head_roles: pairs of task t; the counting study needs brackets"):
         head_roles(model, _pairs(tok, TEXTS), 4, 2, BOOT)
+
+
+def test_chance_level_of_the_largest_rho_holds_its_family_wise_rate():
+    """Heads whose outputs are noise unrelated to the count: the largest |rho| among 50 heads
+    exceeds the permutation threshold in about 5% of data sets (here at most 4 of 20), while
+    a head that follows the count passes it."""
+    from codeinterp.causal.head_roles import max_null
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(0)
+    exceed = 0
+    for seed in range(20):
+        x = rng.integers(0, 5, 40).astype(float)
+        Y = rng.normal(size=(40, 50))
+        threshold = max_null(x, Y, Bootstrap(300, 0.95, seed))
+        rho = np.array([spearmanr(x, Y[:, g])[0] for g in range(50)])
+        exceed += np.abs(rho).max() > threshold
+        assert 0.3 < threshold < 0.7
+    assert exceed <= 4
+    follows = np.column_stack([x + rng.normal(scale=0.5, size=40), Y])
+    assert spearmanr(x, follows[:, 0])[0] > max_null(x, follows, Bootstrap(300, 0.95, 0))

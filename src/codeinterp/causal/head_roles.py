@@ -17,8 +17,10 @@ For every head, at the last position of each clean brackets prompt:
 The linearised norm is a first-order reading: the scale of the final norm is frozen at the
 clean run's last residual state (as TransformerLens does with ln_final's cached scale), so
 each head's part is what it adds to the logits when every other part is held fixed.
-A head "tracks a count" when one of the intervals excludes 0 and it is among the `top_k` by
-|rho|; it "promotes the right closer" when its mean DLA's interval lies above 0.
+A head "tracks a count" when, for the closed or the open count, its interval excludes 0 and its
+|rho| exceeds the chance level of the largest |rho| among all heads under shuffled counts
+(`max_null`: many heads are tested at once), and it is among the `top_k` by |rho|; it
+"promotes the right closer" when its mean DLA's interval lies above 0.
 """
 
 from __future__ import annotations
@@ -101,6 +103,27 @@ def _spearman_ci(x: np.ndarray, Y: np.ndarray, boot: Bootstrap) -> tuple[np.ndar
     return full, low, high
 
 
+def max_null(x: np.ndarray, Y: np.ndarray, boot: Bootstrap) -> float:
+    """The `boot.confidence` quantile of max over heads of |Spearman rho| of x with the columns of
+    Y when x is shuffled across pairs (`boot.resamples` seeded permutations): a |rho| above it is
+    not explained by chance across all the heads tested (family-wise, Westfall and Young's
+    max-statistic). NaN below MIN_UNITS pairs or when x or every column is constant."""
+    def unit(r):
+        r = r - r.mean(0)
+        norm = np.sqrt((r**2).sum(0))
+        return np.divide(r, norm, out=np.zeros_like(r), where=norm > 0)
+
+    if len(x) < MIN_UNITS or np.unique(x).size < 2:
+        return float("nan")
+    rY = unit(rankdata(Y, axis=0))
+    if not rY.any():
+        return float("nan")
+    rx = unit(rankdata(x))
+    rng = np.random.default_rng(boot.seed)
+    perms = np.stack([rx[rng.permutation(len(x))] for _ in range(boot.resamples)])  # [P, N]
+    return float(np.quantile(np.abs(perms @ rY).max(1), boot.confidence))
+
+
 def head_roles(model, pairs: list[Pair], batch_size: int, top_k: int, boot: Bootstrap, pad_id: int = 0) -> pl.DataFrame:
     """One row per (layer, head), n = pairs; see the module docstring for the columns and flags."""
     other = sorted({p.task for p in pairs} - {"brackets"})
@@ -114,8 +137,10 @@ def head_roles(model, pairs: list[Pair], batch_size: int, top_k: int, boot: Boot
         mean, low, high = bootstrap_means(flat[k], boot)
         cols |= {k: mean, f"{k}_ci_low": low, f"{k}_ci_high": high}
     for count in ("n_closed", "depth"):
-        rho, low, high = _spearman_ci(m[count].astype(float), flat["proj"], boot)
-        cols |= {f"rho_{count}": rho, f"rho_{count}_ci_low": low, f"rho_{count}_ci_high": high}
+        x = m[count].astype(float)
+        rho, low, high = _spearman_ci(x, flat["proj"], boot)
+        cols |= {f"rho_{count}": rho, f"rho_{count}_ci_low": low, f"rho_{count}_ci_high": high,
+                 f"rho_{count}_null": np.full(n * H, max_null(x, flat["proj"], boot))}
     table = pl.DataFrame({"layer": np.repeat(np.arange(n), H), "head": np.tile(np.arange(H), n), **cols,
                           "n": np.full(n * H, N)})
     strength = np.nan_to_num(np.abs(np.stack([cols["rho_n_closed"], cols["rho_depth"]])), nan=0.0).max(0) \
@@ -126,8 +151,8 @@ def head_roles(model, pairs: list[Pair], batch_size: int, top_k: int, boot: Boot
     excl = np.zeros(n * H, dtype=bool)
     for count in ("n_closed", "depth"):
         lo, hi = cols[f"rho_{count}_ci_low"], cols[f"rho_{count}_ci_high"]
-        excl |= np.nan_to_num(lo, nan=0) > 0
-        excl |= np.nan_to_num(hi, nan=0) < 0
+        beyond_chance = np.abs(np.nan_to_num(cols[f"rho_{count}"], nan=0)) > np.nan_to_num(cols[f"rho_{count}_null"], nan=np.inf)
+        excl |= ((np.nan_to_num(lo, nan=0) > 0) | (np.nan_to_num(hi, nan=0) < 0)) & beyond_chance
     return table.with_columns(
         pl.Series("counting", top & excl), pl.Series("promotes", np.nan_to_num(cols["dla_ci_low"], nan=0) > 0),
         pl.Series("count_strength", strength),
