@@ -244,22 +244,38 @@ def read_replay(path: str | Path) -> pl.DataFrame:
     if not path.exists():
         raise ConfigError(f"replay samples file {path} does not exist")
     if path.suffix == ".parquet":
-        df = pl.read_parquet(path)
+        try:
+            df = pl.read_parquet(path)
+        except Exception as err:  # polars raises several kinds for a file that is not Parquet
+            raise ConfigError(f"replay samples file {path}: not a readable Parquet file ({type(err).__name__})") from None
     else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"replay samples file {path}: not UTF-8 (byte {err.start})") from None
         rows = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise ConfigError(f"replay samples file {path}, line {i}: not JSON ({err.msg})") from None
-        df = pl.DataFrame(rows) if rows else pl.DataFrame({"task_id": [], "completion": []}, schema={"task_id": pl.Utf8, "completion": pl.Utf8})
+            if not isinstance(rows[-1], dict):
+                raise ConfigError(f"replay samples file {path}, line {i}: not a JSON object")
+        try:
+            df = pl.DataFrame(rows, infer_schema_length=None) if rows else None
+        except Exception as err:  # mixed value types across lines
+            raise ConfigError(f"replay samples file {path}: fields of mixed types ({type(err).__name__})") from None
+        df = df if rows else pl.DataFrame({"task_id": [], "completion": []}, schema={"task_id": pl.Utf8, "completion": pl.Utf8})
     if "problem_id" not in df.columns and "task_id" in df.columns:
         df = df.rename({"task_id": "problem_id"})
     missing = {"problem_id", "completion"} - set(df.columns)
     if missing:
         raise ConfigError(f"replay samples file {path} lacks column(s) {', '.join(sorted(missing))}")
+    for col in ("problem_id", "completion"):
+        if df[col].dtype not in (pl.Utf8, pl.Null) or df[col].null_count():
+            raise ConfigError(f"replay samples file {path}: every {col} must be a string")
     return df.select(pl.col("problem_id").cast(pl.Utf8), pl.col("completion").cast(pl.Utf8)).with_columns(
         pl.int_range(pl.len()).over("problem_id").cast(pl.Int64).alias("sample_index")
     )
