@@ -76,3 +76,32 @@ def test_attribution_equals_exact_where_the_model_is_linear(pairs):
     assert (linear["metric"] - linear["estimate"]).abs().max() < 1e-3
     table = compare(exact, approx, 3, Bootstrap(100, 0.95, 0))
     assert set(table["site"]) == {"resid", "mlp"} and table["spearman"].is_between(-1, 1).all()
+
+
+def test_report_sections_state_their_n_and_draw_the_scatter(tmp_path):
+    """Both sections open with a finding that carries the number of pairs, and the attribution
+    section plots the estimate against the exact values, AtP* beside AtP."""
+    from test_attribution import short_pairs
+
+    from codeinterp.causal.patching import summarise
+    from codeinterp.report import patching as report
+    from codeinterp.report.build import Context
+
+    model = build("llama")
+    pairs = short_pairs(n=5)
+    kw = dict(kinds=["resid", "head_q"], directions=["denoising"], corruptions=["counterfactual"], noise_scale=3.0,
+              noise_samples=1, seed=0)
+    boot = Bootstrap(100, 0.95, 0)
+    exact = summarise(sweep(model, pairs, window=1, batch_size=64, **kw), boot)
+    approx = estimate(model, pairs, batch_size=5, **kw)
+    paths = {name: tmp_path / f"{name}.parquet" for name in ("exact", "approx", "compare")}
+    exact.write_parquet(paths["exact"])
+    approx.write_parquet(paths["approx"])
+    compare(exact.filter(pl.col("level") == "pair"), approx, 5, boot).write_parquet(paths["compare"])
+    ctx = Context({"bootstrap": {"resamples": 100, "confidence": 0.95}, "seed": 0}, {})
+    ctx.side_inputs = {"attribution_patching": {("m", "d"): paths["approx"]}}
+    ctx.all_inputs = {"activation_patching": {("m", "d"): paths["exact"]}}
+    first = report.section({("m", "d"): paths["exact"]}, ctx)
+    second = report.attribution_section({("m", "d"): paths["compare"]}, ctx)
+    assert "n = 5 pairs" in first and "Over n = 5 pairs" in second
+    assert "atp*" in second and "estimate against exact" in second

@@ -9,7 +9,9 @@ import polars as pl
 
 from codeinterp.report.charts import ci, finding, fmt, table
 
-SITE_NAMES = {"resid": "residual stream", "attn": "attention output", "mlp": "MLP output", "head": "head output"}
+SITE_NAMES = {"resid": "residual stream", "attn": "attention output", "mlp": "MLP output", "head": "head output",
+              "head_q": "head query", "head_k": "head key"}
+KEYS = ["pair_id", "corruption", "direction", "site", "layer", "head", "position"]
 
 
 def _label(token: str, from_end: int) -> str:
@@ -119,8 +121,11 @@ def _sentence(pooled: pl.DataFrame) -> str:
 def attribution_section(files: dict, ctx) -> str:
     parts = ["<p>Attribution patching estimates every patching effect above from two forwards and one backward. How "
              "far to trust it: Spearman's ρ between the estimated and the exact normalised effects over all (pair, "
-             "setting) rows, its mean over pairs with a 95% bootstrap interval, and the share of the exact top-k "
-             "settings that the estimate also puts in its top k.</p>"]
+             "setting) rows, its mean over pairs with a 95% bootstrap interval (resampling pairs), and the share of "
+             "the exact top-k settings that the estimate also puts in its top k. Method <em>atp</em> is the plain "
+             "first-order estimate; <em>atp*</em> (query and key sites only) recomputes the patched head's softmax "
+             "exactly (AtP*'s QK fix; GradDrop is not implemented).</p>"]
+    estimates, exacts = ctx.side("attribution_patching"), ctx.inputs("activation_patching")
     for (m, d), path in sorted(files.items()):
         df = pl.read_parquet(path)
         parts.append(f"<h3>{html.escape(m)} / {html.escape(d)}</h3>")
@@ -133,13 +138,34 @@ def attribution_section(files: dict, ctx) -> str:
             f"ranges from {fmt(lo['spearman'])} ({lo['site']}, {lo['direction']}) to {fmt(hi['spearman'])} "
             f"({hi['site']}, {hi['direction']}); top-{fmt(int(cf['top_k'].max()))} recall from "
             f"{fmt(float(cf['top_k_recall'].min()))} to {fmt(float(cf['top_k_recall'].max()))}."))
+        df = df.with_columns(pl.concat_str("site", pl.lit(" "), "method").alias("site_method"))
         chart = alt.Chart(df).mark_bar().encode(
             x=alt.X("spearman:Q", scale=alt.Scale(domain=[-1, 1]), title="Spearman ρ (estimate vs exact)"),
-            y=alt.Y("site:N"), color="direction:N", yOffset="direction:N",
-            tooltip=["corruption", "direction", "site", alt.Tooltip("spearman:Q", format=".3g"), "top_k_recall"],
+            y=alt.Y("site_method:N", title="site, method"), color="direction:N", yOffset="direction:N",
+            tooltip=["corruption", "direction", "site", "method", alt.Tooltip("spearman:Q", format=".3g"),
+                     "top_k_recall"],
         ).properties(width=360, height=140).facet(column="corruption:N")
         parts.append(ctx.charts.add(chart))
-        parts.append(table(df.select("corruption", "direction", "site", "spearman", "per_pair_spearman",
+        if (m, d) in estimates and (m, d) in exacts:
+            parts.append(ctx.charts.add(_scatter(exacts[(m, d)], estimates[(m, d)], f"{m} / {d}")))
+        parts.append(table(df.select("corruption", "direction", "site", "method", "spearman", "per_pair_spearman",
                                      "per_pair_spearman_ci_low", "per_pair_spearman_ci_high", "top_k", "top_k_recall",
                                      "n_pairs")))
     return "".join(parts)
+
+
+def _scatter(exact_path, estimate_path, title: str, limit: int = 4000) -> alt.Chart:
+    """Estimated against exact normalised effect, one point per (pair, setting), counterfactual
+    denoising; the first `limit` rows per site and method (file order: deterministic)."""
+    exact = pl.read_parquet(exact_path).filter((pl.col("level") == "pair") & pl.col("computed"))
+    approx = pl.read_parquet(estimate_path)
+    both = (exact.select(*KEYS, pl.col("normalised").alias("exact"))
+            .join(approx.select(*KEYS, "method", pl.col("normalised").alias("estimate")), on=KEYS)
+            .filter((pl.col("corruption") == "counterfactual") & (pl.col("direction") == "denoising"))
+            .drop_nans().group_by("site", "method", maintain_order=True).head(limit))
+    return alt.Chart(both).mark_circle(size=12, opacity=0.5).encode(
+        x=alt.X("exact:Q", title="exact (normalised)"), y=alt.Y("estimate:Q", title="estimate (normalised)"),
+        color="method:N", tooltip=["site", "method", "layer", "head", "position", alt.Tooltip("exact:Q", format=".3g"),
+                                   alt.Tooltip("estimate:Q", format=".3g")],
+    ).properties(width=200, height=200, title=f"{title}: estimate against exact (counterfactual, denoising)").facet(
+        column="site:N")
