@@ -1,5 +1,7 @@
 """Exact activation patching and its attribution estimate, on answers known in advance."""
 
+import json
+
 import polars as pl
 import pytest
 import torch
@@ -104,4 +106,6 @@ def test_report_sections_state_their_n_and_draw_the_scatter(tmp_path):
     first = report.section({("m", "d"): paths["exact"]}, ctx)
     second = report.attribution_section({("m", "d"): paths["compare"]}, ctx)
     assert "n = 5 pairs" in first and "Over n = 5 pairs" in second
-    assert "atp*" in second and "estimate against exact" in second
+    assert "<td>atp*</td>" in second
+    titles = [json.dumps(spec) for _, spec in ctx.charts.specs]
+    assert any("estimate against exact" in t and "atp*" in t for t in titles)
