@@ -1,25 +1,107 @@
-"""The component graph and EAP-IG circuits, on random models and on a hand-built model whose
-answer runs through one known head (tests/handbuilt.py)."""
+"""EAP-IG circuits: the full graph is faithful and the empty circuit is the corrupted run,
+exactly; circuits are connected; on hand-built models whose answer runs through a known path
+(tests/planted_counter.py: input -> counting head -> MLP -> logits; tests/handbuilt.py: one
+copying head), EAP-IG ranks exactly that path first and its circuit is that path."""
 
 import numpy as np
 import polars as pl
-import pytest
 import torch
 
 from archs import build
-from codeinterp.access.architectures import RunnerMismatch, UnsupportedArchitecture
 from codeinterp.access.edges import EdgeRunner
 from codeinterp.causal.attribution import estimate
-from codeinterp.causal.circuit import discover, patched_metrics, select, _mask_matrix
-from codeinterp.causal.pairs import Pair, make_pair_batch
+from codeinterp.causal.circuit import discover, eap_ig_scores, faithfulness, patched_metrics, select, sizes_for
+from codeinterp.causal.draw import circuit_svg
+from codeinterp.causal.pairs import Pair, make_pair_batch, read_pairs
 from codeinterp.causal.patching import sweep
 from codeinterp.uncertainty import Bootstrap
-from handbuilt import HEAD, build_one_head_model
+from handbuilt import build_one_head_model
+from planted_counter import MAIN_PATH, PLANTED_PATH, build_counter_model, counter_pairs, write_pairs
 
-BOOT = Bootstrap(100, 0.95, 0)
+BOOT = Bootstrap(200, 0.95, 0)
 
 
-def _pairs(tok, texts):
+def _edges(mask: torch.Tensor, runner: EdgeRunner) -> set:
+    return {(runner.nodes[u], runner.targets[v]) for u, v in torch.nonzero(mask).tolist()}
+
+
+def _random_pairs(n=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    pairs = []
+    for i in range(n):
+        a = torch.randint(3, 100, (8 - i % 2,), generator=g)
+        b = a.clone()
+        b[4] = (a[4] + 7) % 100
+        pairs.append(Pair(f"r{i}", "t", "s", ")", 1, 0, a, b, int(a[2]), int(b[4]), (4, 5), (), ()))
+    return pairs
+
+
+def test_full_graph_gives_one_and_the_empty_circuit_zero_exactly():
+    model = build("qwen2")
+    pairs = _random_pairs()
+    runner = EdgeRunner(model, make_pair_batch(pairs).mask)
+    full = runner.edge_mask()
+    values = patched_metrics(model, pairs, [full, torch.zeros_like(full)], batch_size=4)
+    np.testing.assert_array_equal(values[0], values[2])  # the same additions as the clean forward
+    np.testing.assert_array_equal(values[1], values[3])  # and as the corrupted one
+    point, low, high = faithfulness(values, BOOT)
+    assert point.tolist() == [1.0, 0.0]
+    assert low[0] == high[0] == 1.0 and low[1] == high[1] == 0.0  # every resample too
+
+
+def test_circuits_keep_only_edges_on_a_path_from_input_to_logits():
+    model = build("llama")
+    runner = EdgeRunner(model, torch.ones(1, 4, dtype=torch.long))
+    t, n = runner.targets.index, runner.nodes.index
+    scores = torch.zeros(len(runner.nodes), len(runner.targets))
+    scores[n("input"), t("L0H1")] = 5.0  # input -> L0H1 -> MLP1 -> logits: a path
+    scores[n("L0H1"), t("MLP1")] = 4.0
+    scores[n("MLP1"), t("logits")] = 3.0
+    scores[n("L1H0"), t("logits")] = -9.0  # strongest, but nothing feeds L1H0 in the circuit
+    scores[n("input"), t("MLP0")] = 8.0  # fed, but MLP0 reaches nothing
+    kept = _edges(select(scores, runner, 5), runner)
+    assert kept == {("input", "L0H1"), ("L0H1", "MLP1"), ("MLP1", "logits")}
+    assert _edges(select(scores, runner, 2), runner) == set()  # the top two are dangling
+    assert select(scores, runner, 0).sum() == 0
+
+
+def test_the_planted_counting_path_is_the_circuit(tmp_path):
+    model, tok = build_counter_model()
+    pairs = read_pairs(write_pairs(counter_pairs(tok, n=12), tmp_path / "pairs.parquet"))
+    scores, runner = eap_ig_scores(model, pairs, steps=5, batch_size=6)
+    allowed = runner.edge_mask()
+    flat = scores[allowed].abs()
+    order = torch.argsort(flat, descending=True)
+    ui, vi = torch.nonzero(allowed, as_tuple=True)
+    ranked = [(runner.nodes[ui[i]], runner.targets[vi[i]]) for i in order.tolist()]
+    assert set(ranked[:3]) == MAIN_PATH and set(ranked[:4]) == PLANTED_PATH
+    assert float(flat[order[4]]) < 1e-6 * float(flat[order[0]])  # every other edge carries nothing
+    planted = select(scores, runner, 4)
+    assert _edges(planted, runner) == PLANTED_PATH
+    main = select(scores, runner, 3)
+    values = patched_metrics(model, pairs, [planted, main], batch_size=6)
+    point, _, _ = faithfulness(values, BOOT)
+    assert abs(point[0] - 1) < 1e-4  # the whole path: everything
+    assert 0.8 < point[1] < 1  # without the weak direct read: most of it
+    curve, edges = discover(model, pairs, steps=5, target=0.999, sizes=12, batch_size=6, boot=BOOT)
+    chosen = curve.filter(pl.col("chosen")).row(0, named=True)
+    assert chosen["edges"] == 4 and chosen["reaches_target"] and abs(chosen["faithfulness"] - 1) < 1e-4
+    assert set(edges.filter(pl.col("in_circuit")).select("upstream", "downstream").rows()) == PLANTED_PATH
+    assert edges["rank"].to_list() == list(range(len(edges))) and (edges["n"] == len(pairs)).all()
+    assert len(edges) == int(allowed.sum()) and 4 in sizes_for(len(edges), 12)
+    svg = circuit_svg(edges, "planted: 4 edges")
+    assert svg.startswith("<svg") and all(node in svg for node in ("L0H2", "MLP1", "logits", "input"))
+    assert "L1H0" not in svg  # only the circuit is drawn
+
+
+def test_a_second_run_gives_identical_tables(tmp_path):
+    model, tok = build_counter_model()
+    pairs = read_pairs(write_pairs(counter_pairs(tok, n=6, seed=3), tmp_path / "pairs.parquet"))
+    runs = [discover(model, pairs, steps=2, target=0.8, sizes=4, batch_size=3, boot=BOOT) for _ in range(2)]
+    assert runs[0][0].equals(runs[1][0]) and runs[0][1].equals(runs[1][1])
+
+
+def _char_pairs(tok, texts):
     """Pairs differing at one position; the answer tokens are the two characters there (the
     hand-built model predicts characters seen before)."""
     out = []
@@ -34,47 +116,9 @@ TEXTS = [("aaaa bbbb", "aaaa bxbb"), ("abcabc ab", "abcxbc ab"), ("(( )) ((", "(
          ("0101 1010", "0101 1z10"), ("def f(): f", "def g(): f")]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_the_graph_with_every_edge_is_the_model(arch):
-    model = build(arch)
-    ids = torch.randint(3, 100, (2, 7), generator=torch.Generator().manual_seed(0))
-    runner = EdgeRunner(model, torch.ones_like(ids))
-    runner.check(ids, torch.tensor([6, 6]))
-    # A wrong graph is caught: drop one head's output from every sum.
-    bad = EdgeRunner(model, torch.ones_like(ids))
-    bad.forward, real = (lambda emb, combine=None: real(emb, lambda t, outs, total: total - outs[-1]
-                                                         if len(outs) > 2 else total)), bad.forward
-    with pytest.raises(RunnerMismatch, match="edge graph"):
-        bad.check(ids, torch.tensor([6, 6]))
-
-
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "olmo2"])
-def test_post_norm_architectures_are_refused(arch):
-    model = build(arch)
-    with pytest.raises(UnsupportedArchitecture, match="heads do not add linearly"):
-        EdgeRunner(model, torch.ones(1, 4, dtype=torch.long))
-
-
-def test_full_graph_is_faithful_and_the_empty_circuit_is_the_corrupted_run():
-    model = build("llama")
-    g = torch.Generator().manual_seed(1)
-    pairs = []
-    for i in range(5):
-        a = torch.randint(3, 100, (8,), generator=g)
-        b = a.clone()
-        b[4] = (a[4] + 7) % 100
-        pairs.append(Pair(f"r{i}", "t", "s", ")", 1, 0, a, b, int(a[2]), int(b[4]), (4, 5), (), ()))
-    runner = EdgeRunner(model, make_pair_batch(pairs).mask)
-    allowed = _mask_matrix(runner)
-    values = patched_metrics(model, pairs, [allowed, torch.zeros_like(allowed)], batch_size=5)
-    full, empty, clean, bad = values
-    np.testing.assert_allclose(full, clean, atol=1e-4)
-    np.testing.assert_allclose(empty, bad, atol=1e-4)
-
-
-def test_the_planted_path_is_found_by_every_method():
+def test_the_copying_head_is_found_by_every_method():
     model, tok, (layer, head) = build_one_head_model("llama")
-    pairs = _pairs(tok, TEXTS)
+    pairs = _char_pairs(tok, TEXTS)
     curve, edges = discover(model, pairs, steps=3, target=0.9, sizes=6, batch_size=6, boot=BOOT)
     kept = set(edges.filter(pl.col("in_circuit")).select("upstream", "downstream").rows())
     assert kept == {("input", f"L{layer}H{head}"), (f"L{layer}H{head}", "logits")}

@@ -52,6 +52,18 @@ class EdgeRunner:
         l = int(target[1:].split("H")[0])
         return 1 + l * (self.H + 1)
 
+    def edge_mask(self) -> torch.Tensor:
+        """[U, V] True where node u writes into target v's input: every edge of the graph."""
+        allowed = torch.zeros(len(self.nodes), len(self.targets), dtype=torch.bool)
+        for j, t in enumerate(self.targets):
+            allowed[: self.upstream(t), j] = True
+        return allowed
+
+    def target_nodes(self) -> list[int | None]:
+        """For each target, its index among the nodes (None for the logits)."""
+        index = {n: i for i, n in enumerate(self.nodes)}
+        return [index.get(t) for t in self.targets]
+
     def _constant(self, layer: int, like: torch.Tensor):
         """Sum of the output-projection biases of the layers before `layer` (0 if none)."""
         total = 0
@@ -93,10 +105,12 @@ class EdgeRunner:
         return self.lay.logits(final[torch.arange(final.shape[0]), last])
 
     @torch.no_grad()
-    def check(self, input_ids: torch.Tensor, last: torch.Tensor, rtol: float = 1e-4) -> None:
-        """Stop unless the graph with every edge gives the model's own logits."""
-        emb = self.runner.embed(input_ids)
-        _, final = self.forward(emb)
+    def check(self, input_ids: torch.Tensor, last: torch.Tensor, final: torch.Tensor | None = None,
+              rtol: float = 1e-4) -> None:
+        """Stop unless the graph with every edge (its final residual `final`, computed here when
+        not given) gives the model's own logits at `last`."""
+        if final is None:
+            _, final = self.forward(self.runner.embed(input_ids))
         mine = self.logits(final, last)
         out = self.model(input_ids=input_ids, attention_mask=self.runner.attention_mask).logits
         theirs = out[torch.arange(out.shape[0]), last].float()
