@@ -81,6 +81,12 @@ def test_the_planted_head_writes_the_still_open_count(counter, pairs):
         count = got["attn.0"][0][torch.arange(len(batch)), batch.last, COUNT]
         want = torch.tensor([k * still_open / p.length for p in pairs], dtype=torch.float32)
         torch.testing.assert_close(count, want, atol=1e-5, rtol=1e-4)
+    # The GQA trap is live: head 3 shares the planted head's KV head, so its z (the o_proj
+    # input) is the same nonzero value; only its zero output weights keep it out of the answer.
+    with torch.no_grad(), capture(model, ["head.0"]) as got:
+        model(input_ids=batch.corrupt, attention_mask=batch.mask)
+    z = got["head.0"][0]
+    assert torch.equal(z[..., 3, :], z[..., 2, :]) and z[..., 3, :].abs().max() > 0.5
 
 
 def _zero_head(h):
@@ -192,3 +198,18 @@ def test_head_roles_flags_the_planted_head_as_counting_open_brackets(counter, op
     assert row["rho_depth_ci_low"] > 0.5 and row["dla_ci_low"] > 0
     assert row["rho_n_closed_ci_low"] < 0 < row["rho_n_closed_ci_high"]
     assert (table["n"] == len(opened)).all()
+
+
+@pytest.mark.xfail(strict=True, reason="head_roles ranks float rounding noise (|proj| ~ 1e-9) as a count")
+def test_head_roles_flags_nothing_where_no_head_writes_along_the_closer_direction(counter, tmp_path):
+    """On the main pairs the clean prompts end balanced (answer prefix appended), so the planted
+    head's COUNT, and with it every head's direct logit attribution, is exactly 0 on every clean
+    prompt: no head can track a count there. Today head_roles flags the planted head as counting
+    (rho_depth = -0.8, interval low end -0.96) from projections of about 1e-9 logits, which
+    are the float rounding of a sum of +k and -k terms."""
+    head_roles = pytest.importorskip("codeinterp.causal.head_roles")
+    model, tok = counter
+    main = read_pairs(write_pairs(counter_pairs(tok, n=24), tmp_path / "pairs.parquet"))
+    table = head_roles.head_roles(model, main, 8, 1, Bootstrap(200, 0.95, 0))
+    assert table["dla"].abs().max() < 1e-6  # the known answer: nothing along the closer direction
+    assert not table["counting"].any() and not table["promotes"].any()
