@@ -20,9 +20,10 @@ The path (PLANTED_PATH):
   default margin from BIAS (so `\\n` wins when nothing is open).
 - head -> logits (weak, DIRECT_GAIN): `)` also reads +COUNT, `\\n` -COUNT directly, so the head
   has a direct logit effect that grows with the open count (what head_roles measures); it
-  carries a few percent of the pairs' logit-difference gap.
-Every other head and MLP has zero output weights (the other heads still compute values, since
-heads 2 and 3 share a KV head, but their output-projection columns are zero). Every norm weight
+  carries about 1% of the pairs' logit-difference gap (EAP-IG's 3-edge circuit: 0.990).
+Every other head and MLP has zero output weights. Head 3 shares the planted head's KV head, so
+its z (the o_proj input) equals the planted head's: a method that reads z without the output
+weights would wrongly credit it. Every norm weight
 is 1; the model has no biases.
 
 The pairs (`counter_pairs`) follow rule task_pairs' format for brackets with the byte
@@ -56,7 +57,7 @@ PLANTED_MLP = 1
 BIAS, PAREN, COUNT, CLOSER = 0, 1, 2, 3
 C = 10.0  # the BIAS value in every embedding
 COUNT_GAIN = 10.0
-GATE, THRESHOLD = 100.0, 10.0  # gate = GATE * normed COUNT - THRESHOLD * normed BIAS / (8 C / sqrt(C^2))
+GATE, THRESHOLD = 100.0, 10.0  # gate ~ GATE * normed COUNT - THRESHOLD (normed BIAS is about 8)
 CLOSER_GAIN = 5.0  # logit of `)` per unit of normed CLOSER (minus that for `\n`)
 MARGIN = 2.0  # default logit of `\n` (from BIAS)
 DIRECT_GAIN = 0.25  # logit of `)` per unit of normed COUNT (minus that for `\n`)
