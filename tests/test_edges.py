@@ -26,7 +26,7 @@ def _pairs(seed=0):
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "gpt2"])
 def test_the_graph_with_every_edge_is_the_model(arch):
     model = build(arch)
     batch = make_pair_batch(_pairs())
@@ -52,10 +52,11 @@ def test_a_wrong_graph_is_caught():
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3", "olmo2"])
-def test_post_norm_architectures_are_refused_in_one_line(arch):
+@pytest.mark.parametrize("arch,why", [("gemma2", "heads do not add linearly"), ("gemma3", "heads do not add linearly"),
+                                      ("olmo2", "heads do not add linearly"), ("gpt_neox", "no adapter")])
+def test_post_norm_and_parallel_architectures_are_refused_in_one_line(arch, why):
     model = build(arch)
-    with pytest.raises(UnsupportedArchitecture, match="heads do not add linearly") as err:
+    with pytest.raises(UnsupportedArchitecture, match=why) as err:
         EdgeRunner(model, torch.ones(1, 4, dtype=torch.long))
     assert "\n" not in str(err.value)
 

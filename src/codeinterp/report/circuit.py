@@ -11,15 +11,20 @@ import polars as pl
 
 from codeinterp.report.charts import ci, finding, fmt, table
 
+TOP = 15
+
 
 def section(files: dict, ctx) -> str:
     svgs, edge_files = ctx.side("circuit_svg"), ctx.inputs("circuit_edges")
     parts = ["<p>EAP-IG (edge attribution patching with integrated gradients) scores every edge of the component "
-             "graph (embeddings, heads, MLPs, logits); circuits keep the highest-scoring edges that lie on a path "
+             "graph (embeddings, every head, every MLP, the logits; each head reads its own copy of the residual stream for its "
+             "queries, keys and values) from the gradients at inputs interpolated between the corrupted and the clean "
+             "prompt; circuits keep the highest-scoring edges that lie on a path "
              "from the input to the logits. Each circuit is then run exactly, with every other edge carrying the "
              "corrupted prompt's value: faithfulness is its logit difference over the full model's, 0 for the "
-             "corrupted run and 1 for the clean run (95% bootstrap interval over pairs). The chosen circuit is the "
-             "smallest that reaches the configured faithfulness.</p>"]
+             "corrupted run and 1 for the clean run (a ratio of means over pairs, with a 95% bootstrap interval that resamples pairs). The "
+             "chosen circuit is the smallest tried that reaches the configured faithfulness; its drawing shows edges "
+             "as wide as their |score|, blue when they help the right answer, red when they work against it.</p>"]
     for (m, d), path in sorted(files.items()):
         curve = pl.read_parquet(path)
         parts.append(f"<h3>{html.escape(m)} / {html.escape(d)}</h3>")
@@ -35,16 +40,21 @@ def section(files: dict, ctx) -> str:
         shown = curve.filter(pl.col("edges") > 0).with_columns(
             pl.col("faithfulness_ci_low").fill_nan(pl.col("faithfulness")),
             pl.col("faithfulness_ci_high").fill_nan(pl.col("faithfulness")))
-        base = alt.Chart(shown).encode(x=alt.X("edges:Q", scale=alt.Scale(type="log"), title="edges in the circuit"))
+        base = alt.Chart(shown).encode(x=alt.X("edges:Q", scale=alt.Scale(type="log"), title="edges in the circuit (log)"))
+        marks = pl.DataFrame({"edges": [max(c["edges"], 1)], "target": [c["target"]]})
         chart = (base.mark_area(opacity=0.2).encode(y=alt.Y("faithfulness_ci_low:Q", title="faithfulness"),
                                                      y2="faithfulness_ci_high:Q")
                  + base.mark_line(point=True).encode(y="faithfulness:Q",
                                                       tooltip=["edges", alt.Tooltip("faithfulness:Q", format=".3g")])
-                 + alt.Chart(pl.DataFrame({"edges": [max(c["edges"], 1)]})).mark_rule(strokeDash=[4, 3]).encode(x="edges:Q"))
-        parts.append(ctx.charts.add(chart.properties(width=420, height=220)))
+                 + alt.Chart(marks).mark_rule(strokeDash=[4, 3]).encode(x="edges:Q")
+                 + alt.Chart(marks).mark_rule(color="#999", strokeDash=[2, 2]).encode(y="target:Q"))
+        parts.append(ctx.charts.add(chart.properties(width=420, height=220, title="faithfulness by circuit size "
+                                                     "(dashed: the chosen size and the target)")))
         if (m, d) in svgs:
             parts.append(f"<div class='chart'>{Path(svgs[(m, d)]).read_text()}</div>")
         if (m, d) in edge_files:
-            edges = pl.read_parquet(edge_files[(m, d)]).filter(pl.col("in_circuit")).head(15)
-            parts.append(table(edges.select("upstream", "downstream", "score", "rank", "n")))
+            edges = pl.read_parquet(edge_files[(m, d)]).sort("rank").head(TOP)
+            parts.append(f"<p class='note'>The {TOP} strongest edges (score: attributed change of the logit "
+                         "difference, positive when the edge helps the right answer; n pairs).</p>")
+            parts.append(table(edges.select("rank", "upstream", "downstream", "score", "in_circuit", "n")))
     return "".join(parts)
