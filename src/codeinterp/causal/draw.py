@@ -1,5 +1,6 @@
-"""The chosen circuit as a static SVG (graphviz's `dot`): nodes ranked by layer, edges as wide as
-their |score|, blue when the edge helps the right answer, red when it works against it."""
+"""The chosen circuit as a static SVG (graphviz's `dot`, rendered offline): nodes ranked by layer
+(a layer's heads on one row, its MLP on the next), edges as wide as their |score|, blue when the
+edge helps the right answer, red when it works against it; only the circuit's edges."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import polars as pl
 
 
 def _layer(node: str) -> int:
+    """Drawing row: the input, then per layer its heads and (one row up) its MLP, then the logits,
+    so that every edge points up."""
     if node == "input":
         return -1
     if node == "logits":
         return 10**6
-    return int(re.match(r"(?:L|MLP)(\d+)", node).group(1))
+    m = re.match(r"(L|MLP)(\d+)", node)
+    return 2 * int(m.group(2)) + (m.group(1) == "MLP")
 
 
 def circuit_svg(edges: pl.DataFrame, title: str) -> str:
