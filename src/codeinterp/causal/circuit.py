@@ -70,7 +70,6 @@ def eap_ig_scores(model, pairs, steps: int, batch_size: int, pad_id: int = 0) ->
                 _metric(runner, final, batch).sum().backward()
             for j, t in enumerate(runner.targets):
                 grads[j] += inputs[t].grad.flatten().float()
-            del inputs, final
         scores = (delta.float() @ grads.t()).double() / steps  # [U, V], summed over pairs and positions
         total = scores if total is None else total + scores
     return (total / len(pairs)).float() * runner.edge_mask(), runner
