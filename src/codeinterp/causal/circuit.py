@@ -185,7 +185,12 @@ def discover(model, pairs, *, steps: int, target: float, sizes: int, batch_size:
     allowed = runner.edge_mask()
     ks = sizes_for(int(allowed.sum()), sizes)
     circuits = [select(scores, runner, k) for k in ks]
-    values = patched_metrics(model, pairs, circuits, batch_size, pad_id)
+    # Sizes whose pruned circuits coincide (small k often keeps nothing connected) run once.
+    distinct: dict[bytes, int] = {}
+    which = [distinct.setdefault(c.numpy().tobytes(), len(distinct)) for c in circuits]
+    firsts = [circuits[which.index(i)] for i in range(len(distinct))]
+    measured = patched_metrics(model, pairs, firsts, batch_size, pad_id)
+    values = np.concatenate([measured[which], measured[-2:]])
     point, low, high = faithfulness(values, boot)
     curve = pl.DataFrame({"edges_requested": ks, "edges": [int(c.sum()) for c in circuits],
                           "faithfulness": point, "faithfulness_ci_low": low, "faithfulness_ci_high": high,
