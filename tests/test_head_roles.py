@@ -14,7 +14,7 @@ from codeinterp.causal.pairs import Pair, logit_diff, make_pair_batch
 from codeinterp.errors import ConfigError
 from codeinterp.uncertainty import Bootstrap
 from handbuilt import build_one_head_model
-from test_circuit import TEXTS, _pairs
+from test_task_metrics import TEXTS, _pairs
 
 BOOT = Bootstrap(200, 0.95, 0)
 

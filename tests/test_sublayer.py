@@ -13,7 +13,7 @@ from codeinterp.causal.pairs import Pair, logit_diff, make_pair_batch
 from codeinterp.causal.sublayer import Ablation, Ablator, ablate, ratio_interval, site_means, sublayer_ablation
 from codeinterp.uncertainty import Bootstrap
 from handbuilt import HEAD_DIM, build_one_head_model
-from test_circuit import TEXTS, _pairs
+from test_task_metrics import TEXTS, _pairs
 
 BOOT = Bootstrap(200, 0.95, 0)
 

@@ -12,9 +12,23 @@ from codeinterp.causal.head_roles import head_roles
 from codeinterp.causal.task_metrics import first_confident_layer, task_accuracy, task_lens
 from codeinterp.uncertainty import Bootstrap
 from handbuilt import build_one_head_model
-from test_circuit import TEXTS, _pairs
+from codeinterp.causal.pairs import Pair
 
 BOOT = Bootstrap(100, 0.95, 0)
+
+# Pairs differing at one character; the answer tokens are the two characters there (the
+# hand-built model predicts characters seen before). Shared by test_sublayer and test_head_roles.
+TEXTS = [("aaaa bbbb", "aaaa bxbb"), ("abcabc ab", "abcxbc ab"), ("(( )) ((", "(( )x (("), ("xyxy yxyx", "xyxy yqyx"),
+         ("0101 1010", "0101 1z10"), ("def f(): f", "def g(): f")]
+
+
+def _pairs(tok, texts, task="t"):
+    out = []
+    for i, (clean, corrupt) in enumerate(texts):
+        a, b = tok(clean, add_special_tokens=False)["input_ids"], tok(corrupt, add_special_tokens=False)["input_ids"]
+        at = next(k for k in range(len(a)) if a[k] != b[k])
+        out.append(Pair(f"p{i}", task, "s", ")", 1, 0, torch.tensor(a), torch.tensor(b), a[at], b[at], (at, at + 1), (), ()))
+    return out
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -62,3 +76,41 @@ def test_a_random_model_is_consistent_on_generated_pairs():
     assert len(per) == 2 * len(pairs) and per["rank"].min() >= 0
     roles = head_roles(model, pairs, 4, 3, BOOT)
     assert len(roles) == len(layout(model).blocks) * layout(model).n_heads and (roles["n"] == len(pairs)).all()
+
+
+def test_study_summary_judges_each_finding_from_the_numbers(tmp_path):
+    """Planted tables: confident from layer 4 of 6 at every depth (finding 1 holds), the MLPs
+    shown to matter more (2 fails), one head counting closed pairs in a model that closes brackets
+    (3 holds); then the same head in a model that never does (3 only partly holds)."""
+    from types import SimpleNamespace
+
+    from codeinterp.report.tasks import study_summary
+
+    def lens_rows(good_from, depths=(-1, 1, 2)):
+        return pl.DataFrame([{"lens": "logit", "depth": d, "layer": l, "n": 40, "logit_diff": 2.0,
+                              "logit_diff_ci_low": 1.0, "logit_diff_ci_high": 3.0, "rank": 0.0,
+                              "top1": 0.95 if l >= good_from else 0.2, "top1_ci_low": 0.9 if l >= good_from else 0.1,
+                              "top1_ci_high": 1.0 if l >= good_from else 0.3}
+                             for d in depths for l in range(7)])
+
+    sub = pl.DataFrame([{"ablation": "zero", "half": h, "layer": -1, "n": 40, "delta": v, "delta_ci_low": v - 0.5,
+                         "delta_ci_high": v + 0.5} for h, v in (("attn", 1.0), ("mlp", 3.0), ("attn - mlp", -2.0))])
+    roles = pl.DataFrame({"layer": [0, 3], "head": [1, 2], "n": [40, 40], "counting": [False, True],
+                          "promotes": [False, True], "count_strength": [0.1, 0.7], "dla": [0.0, 0.5],
+                          "dla_ci_low": [-0.1, 0.2], "dla_ci_high": [0.1, 0.8], "rho_n_closed": [0.1, 0.7],
+                          "rho_n_closed_ci_low": [-0.2, 0.5], "rho_n_closed_ci_high": [0.3, 0.85],
+                          "rho_depth": [0.0, 0.1], "rho_depth_ci_low": [-0.3, -0.2], "rho_depth_ci_high": [0.3, 0.4]})
+    paths = {}
+    for name, df in (("good", lens_rows(4)), ("never", lens_rows(99)), ("sub", sub), ("roles", roles)):
+        paths[name] = tmp_path / f"{name}.parquet"
+        df.write_parquet(paths[name])
+    ctx = SimpleNamespace(config={"task_lens": {"confident": 0.8}})
+    page = study_summary({"head_roles": {("m", "brackets"): paths["roles"], ("weak", "brackets"): paths["roles"]},
+                          "task_lens": {("m", "brackets"): paths["good"], ("weak", "brackets"): paths["never"]},
+                          "sublayer_ablation": {("m", "brackets"): paths["sub"]}}, ctx)
+    m, weak = page.split("<h3>m / brackets</h3>")[1].split("<h3>")[0], page.split("<h3>weak / brackets</h3>")[1]
+    assert "1. middle-to-late layers needed: holds</b>: confidently right from layer 4 of 6" in m
+    assert "2. attention over MLPs: fails</b>" in m and "the MLPs matter more" in m
+    assert "3. counting heads: holds</b>: 1 counting heads on n = 40 pairs: L3H2: ρ with closed 0.7 (95% CI 0.5 to 0.85)" in m
+    assert "1. middle-to-late layers needed: fails</b>" in weak and "3. counting heads: partly holds</b>" in weak
+    assert "2. attention over MLPs:" not in weak and "<td>weak</td><td>brackets</td><td>fails</td><td>not run</td>" in weak

@@ -180,8 +180,9 @@ def roles_section(files: dict, ctx) -> str:
              "right closer minus the counterfactual one, through the final norm linearised at each prompt's last "
              "state (a first-order reading: the norm's scale is frozen); attention to the still-open openers and to "
              "the already-closed pairs; Spearman's ρ of the head's output along the closer direction with the number "
-             "of closed pairs and of open brackets. A head counts when a ρ interval excludes 0 and it is among the "
-             "strongest; many heads are tested, so treat single heads as candidates to verify by patching.</p>"]
+             "of closed pairs and of open brackets. A head counts when a ρ interval excludes 0, its |ρ| exceeds the "
+             "chance level of the largest |ρ| over all heads with the counts shuffled (family-wise 5%), and it is among "
+             "the strongest. The test is correlational: verify single heads by patching.</p>"]
     for (m, d), path in sorted(files.items()):
         df = pl.read_parquet(path)
         parts.append(f"<h3>{_name(m, d)}</h3>")
@@ -286,7 +287,14 @@ def study_summary(files_by_kind: dict, ctx) -> str:
     for (m, d), path in sorted(roles.items()):
         verdicts = {FINDINGS[2]: _verdict_counting(pl.read_parquet(path))}
         if (m, d) in lens:
-            verdicts[FINDINGS[0]] = _verdict_depth(pl.read_parquet(lens[(m, d)]), threshold)
+            lt = pl.read_parquet(lens[(m, d)])
+            verdicts[FINDINGS[0]] = _verdict_depth(lt, threshold)
+            out = lt.filter((pl.col("lens") == "logit") & (pl.col("depth") == -1)).sort("layer").row(-1, named=True)
+            verdict, text = verdicts[FINDINGS[2]]
+            if verdict == "holds" and not (out["top1_ci_low"] or 0) >= threshold:
+                # Heads that follow a count in a model that does not close brackets are no mechanism of it.
+                verdicts[FINDINGS[2]] = ("partly holds", text + f"; but the model itself ranks the right closer first on "
+                                         f"only {_ci_of(out, 'top1')} of the pairs")
         if (m, d) in sub:
             verdicts[FINDINGS[1]] = _verdict_attention(pl.read_parquet(sub[(m, d)]))
         items = "".join(f"<li><b>{html.escape(f)}: {html.escape(verdicts[f][0])}</b>: {html.escape(verdicts[f][1])}.</li>"
