@@ -101,3 +101,19 @@ def test_chance_level_of_the_largest_rho_holds_its_family_wise_rate():
     assert exceed <= 4
     follows = np.column_stack([x + rng.normal(scale=0.5, size=40), Y])
     assert spearmanr(x, follows[:, 0])[0] > max_null(x, follows, Bootstrap(300, 0.95, 0))
+
+
+def test_the_planted_bracket_counter_is_the_counting_head_that_promotes(tmp_path):
+    """tests/planted_counter.py: head L0H2 writes the still-open count and reads it directly into
+    `)` over the newline; its twin L0H3 has the same z (shared KV head) but no output weights,
+    so only L0H2 may be credited."""
+    from codeinterp.causal.pairs import read_pairs
+    from planted_counter import PLANTED_HEAD, build_counter_model, open_pairs, write_pairs
+
+    model, tok = build_counter_model()
+    pairs = read_pairs(write_pairs(open_pairs(tok, n=24), tmp_path / "pairs.parquet"))
+    table = head_roles(model, pairs, 8, 3, BOOT)
+    layer, head = PLANTED_HEAD
+    row = table.filter((pl.col("layer") == layer) & (pl.col("head") == head)).row(0, named=True)
+    assert row["counting"] and row["promotes"] and row["rho_depth_ci_low"] > 0.5
+    assert table.filter(pl.col("counting") | pl.col("promotes")).select("layer", "head").rows() == [PLANTED_HEAD]
