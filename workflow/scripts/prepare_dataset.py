@@ -6,7 +6,7 @@ from codeinterp.workflow import run_script, write_parquet
 def main(smk):
     spec = smk.params.spec
     if spec["benchmark"] in TASKS:  # generated clean/corrupted pairs, not benchmark problems
-        write_parquet(generate(spec, smk.params.data_dir), smk.output[0])
+        write_parquet(generate(spec, smk.params.data_dir, smk.wildcards.dataset), smk.output[0])
         return
     problems = load_problems(spec["benchmark"], smk.params.data_dir)
     chosen = select_problems(
