@@ -218,8 +218,9 @@ def _config(tmp_path: Path) -> Path:
 
 
 def _snakemake(workdir: Path, config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2",
-            "--configfile", str(config), *args, *WANTED]
+    # The targets go before --configfile, which takes every word after it as a config file.
+    return [sys.executable, "-m", "snakemake", *WANTED, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            "--cores", "2", *args, "--configfile", str(config)]
 
 
 def _run(workdir: Path, config: Path, *args: str) -> None:

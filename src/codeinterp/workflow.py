@@ -55,7 +55,8 @@ def write_parquet(df: pl.DataFrame, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    df.write_parquet(tmp, compression="zstd", statistics=False)
+    # One chunk: a table concatenated from parts (shards, kinds) gives the same bytes as one built whole.
+    df.rechunk().write_parquet(tmp, compression="zstd", statistics=False)
     os.replace(tmp, path)
 
 

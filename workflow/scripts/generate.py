@@ -11,10 +11,11 @@ def main(smk):
     cfg = dict(smk.params.settings)
     settings = settings_from_config(cfg, smk.input.model)
     problems = pl.read_parquet(smk.input.problems)
+    shard = tuple(smk.params.shard) if smk.params.get("shard") else None
     # Finished batches of a killed run are kept beside the output and resumed.
-    checkpoint = checkpoint_for(smk, smk.output.table, {"generation": cfg}, files=[smk.input.problems])
+    checkpoint = checkpoint_for(smk, smk.output.table, {"generation": cfg, "shard": shard}, files=[smk.input.problems])
     table = run_generation(problems, smk.input.model, settings, cfg["backend"], smk.params.vllm_python, cfg["samples"],
-                           checkpoint=checkpoint)
+                           checkpoint=checkpoint, shard=shard)
     write_parquet(table, smk.output.table)
     write_json({"seconds": round(time.perf_counter() - t0, 1), "samples": len(table), "threads": int(smk.threads)},
                smk.output.timing)

@@ -282,14 +282,20 @@ def verdict_timing(verdicts: list[Verdict]) -> dict:
 
 def evaluate_generations(problems: pl.DataFrame, generations: pl.DataFrame, limits: Limits, workers: int,
                          ks: list[int], checkpoint=NO_CHECKPOINT, timing: dict | None = None,
-                         ) -> tuple[pl.DataFrame, pl.DataFrame]:
+                         shard: tuple[int, int] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The `evaluate` stage: one verdict per generated sample, and pass@k per problem
-    (`timing`, when given, receives `verdict_timing`)."""
+    (`timing`, when given, receives `verdict_timing`). `shard` = (index, count) judges that
+    contiguous share of the samples only (codeinterp.sharding; pass@k then covers only them)."""
     tests = {r["problem_id"]: (r["test_type"], r["tests"]) for r in problems.iter_rows(named=True)}
     unknown = sorted(set(generations["problem_id"]) - set(tests))
     if unknown:
         raise ValueError(f"generations name problem(s) missing from the dataset: {', '.join(unknown[:5])}")
     gens = generations.sort("problem_id", "sample_index")
+    if shard is not None:
+        from codeinterp.sharding import item_range
+
+        part = item_range(len(gens), 1, shard[1], shard[0])
+        gens = gens.slice(part.start, len(part))
     items = [(g["program"], *tests[g["problem_id"]]) for g in gens.iter_rows(named=True)]
     verdicts = evaluate_many(items, limits, workers, checkpoint)
     if timing is not None:

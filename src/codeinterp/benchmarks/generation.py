@@ -155,20 +155,24 @@ class StopInGenerated(StoppingCriteria):
 
 @torch.inference_mode()
 def generate_transformers(model, tokenizer, table: list[dict], settings: Settings, keep: torch.Tensor | None = None,
-                          fill: torch.Tensor | None = None, checkpoint=NO_CHECKPOINT) -> pl.DataFrame:
+                          fill: torch.Tensor | None = None, checkpoint=NO_CHECKPOINT,
+                          batches: range | None = None) -> pl.DataFrame:
     """Batched generation with left padding; HF derives position ids from the attention mask.
 
     `keep` masks heads during generation (pruned-model evaluation); removed heads output zero,
     or `fill` (their mean outputs) under mean ablation. Batch b samples with seed
     `settings.seed + b`, so the batches a `checkpoint` holds from a killed run are the
-    batches this run would make.
+    batches this run would make. `batches` runs only those batch indices (one shard of the
+    stage, codeinterp.sharding): the seeds stay the unsharded run's.
     """
     table = _with_stops(table, settings)
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     out = []
-    checkpoint.begin(-(-len(table) // settings.batch_size), "batches")
-    for b, start in enumerate(range(0, len(table), settings.batch_size)):
+    batches = range(-(-len(table) // settings.batch_size)) if batches is None else batches
+    checkpoint.begin(len(batches), "batches")
+    for b in batches:
+        start = b * settings.batch_size
         chunk = table[start : start + settings.batch_size]
         saved = checkpoint.get(f"batch-{b:05d}")
         if saved is not None:
@@ -301,9 +305,11 @@ def replay(samples: pl.DataFrame, table: list[dict], settings: Settings, tokeniz
 
 def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Settings, backend: str,
                    vllm_python: str | None = None, samples: str | None = None, keep: torch.Tensor | None = None,
-                   fill: torch.Tensor | None = None, checkpoint=NO_CHECKPOINT) -> pl.DataFrame:
+                   fill: torch.Tensor | None = None, checkpoint=NO_CHECKPOINT, shard: tuple[int, int] | None = None,
+                   ) -> pl.DataFrame:
     """The `generate` stage: one table of generations for the selected problems (the
-    transformers backend resumes from `checkpoint`'s batches)."""
+    transformers backend resumes from `checkpoint`'s batches). `shard` = (index, count)
+    generates that shard's batches only (transformers backend; codeinterp.sharding)."""
     from codeinterp.access.models import load_model, read_facts
 
     facts = read_facts(model_dir)
@@ -318,10 +324,17 @@ def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Sett
         # Replayed samples come from another system: this model's context does not limit them.
         table = prompt_table(problems, tokenizer, Settings(**{**settings.__dict__, "max_new_tokens": 0}), None)
         return replay(read_replay(samples), table, settings, tokenizer)
+    if shard is not None and backend != "transformers":
+        raise ConfigError(f"shards.generate: the {backend} backend runs as one job (it batches the whole set itself)")
     if backend == "transformers":
         model, tokenizer = load_model(model_dir)
-        return generate_transformers(model, tokenizer, prompt_table(problems, tokenizer, settings, facts.max_positions), settings, keep, fill,
-                                     checkpoint)
+        table = prompt_table(problems, tokenizer, settings, facts.max_positions)
+        chosen = None
+        if shard is not None:
+            from codeinterp.sharding import batch_range
+
+            chosen = batch_range(-(-len(table) // settings.batch_size), shard[1], shard[0])
+        return generate_transformers(model, tokenizer, table, settings, keep, fill, checkpoint, chosen)
     if backend == "vllm":
         if keep is not None:
             raise ConfigError("the vllm backend takes a pruned checkpoint, not a head mask")

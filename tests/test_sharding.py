@@ -1,0 +1,81 @@
+"""Sharded stages: N shard jobs merge into the tables one job writes, byte for byte."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from codeinterp.errors import ConfigError
+from codeinterp.sharding import batch_range, item_range, shard_targets
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "configs" / "tiny.yaml"
+
+
+@given(st.integers(0, 200), st.integers(1, 12))
+def test_shards_cover_every_batch_once_in_order(n_batches, n_shards):
+    parts = [batch_range(n_batches, n_shards, i) for i in range(n_shards)]
+    assert [b for p in parts for b in p] == list(range(n_batches))
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@given(st.integers(0, 100), st.integers(1, 9), st.integers(1, 5))
+def test_item_shards_cut_only_between_batches(n_items, batch_size, n_shards):
+    parts = [item_range(n_items, batch_size, n_shards, i) for i in range(n_shards)]
+    assert [x for p in parts for x in p] == list(range(n_items))
+    for p in parts[1:]:
+        assert p.start % batch_size == 0 or p.start == n_items
+
+
+def test_a_shard_that_does_not_exist_is_refused():
+    with pytest.raises(ConfigError, match="shard 3 of 3"):
+        batch_range(10, 3, 3)
+
+
+def test_shard_targets_are_the_length_sorted_batches():
+    class T:
+        def __init__(self, i, n):
+            self.target_id, self.input_ids = f"t{i}", [0] * n
+
+    targets = [T(i, n) for i, n in enumerate([5, 3, 9, 3, 7, 1, 2])]
+    shards = [shard_targets(targets, 2, 3, i) for i in range(3)]
+    ordered = sorted(targets, key=lambda t: (len(t.input_ids), t.target_id))
+    assert [t for s in shards for t in s] == ordered
+    assert [len(s) for s in shards] == [4, 2, 1]  # batches of 2, 1 and 1 (the last one short)
+
+
+OUTPUTS = ["generations.parquet", "verdicts.parquet", "pass_at_k.parquet", "ablation/head_deltas.parquet",
+           "ablation/head_matrix.parquet"]
+
+
+def _run(workdir: Path, shards: int) -> dict[str, bytes]:
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["datasets"] = {"mbpp": {"split": "test", "limit": 5}}
+    # Sampling with two samples per problem: each shard must keep its batches' seeds.
+    cfg["generation"].update(n=2, temperature=0.8, batch_size=2)
+    cfg["ablation"]["batch_size"] = 1
+    cfg["shards"] = {"generate": shards, "evaluate": shards, "head_ablation": shards}
+    workdir.mkdir()
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    base = "results/tiny-llama/mbpp"
+    cmd = [sys.executable, "-m", "snakemake", *[f"{base}/{o}" for o in OUTPUTS], "-s", str(REPO / "Snakefile"),
+           "-d", str(workdir), "--cores", "2", "--configfile", str(workdir / "config.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if shards > 1:
+        made = sorted(p.name for p in (workdir / base / "shards").glob("*.parquet"))
+        assert len(made) == 3 * shards, made
+    return {o: (workdir / base / o).read_bytes() for o in OUTPUTS}
+
+
+@pytest.mark.slow
+def test_sharded_runs_equal_the_unsharded_run(tmp_path):
+    whole = _run(tmp_path / "n1", 1)
+    for n in (2, 3):
+        sharded = _run(tmp_path / f"n{n}", n)
+        assert [o for o in OUTPUTS if sharded[o] != whole[o]] == [], f"{n} shards"

@@ -1,0 +1,37 @@
+"""Merge a stage's shard tables into the tables one job would have written (codeinterp.sharding)."""
+import json
+
+import polars as pl
+
+from codeinterp import sharding
+from codeinterp.uncertainty import Bootstrap
+from codeinterp.workflow import head_summary, run_script, with_ids, write_json, write_parquet
+
+
+def _timing(smk) -> dict:
+    parts = [json.loads(open(p).read()) for p in smk.input.timings]
+    return {"seconds": round(sum(p["seconds"] for p in parts), 1), "shards": len(parts),
+            "shard_seconds": [p["seconds"] for p in parts]}
+
+
+def main(smk):
+    stage = smk.params.stage
+    if stage == "generate":
+        write_parquet(sharding.merge_generations(smk.input.shards), smk.output.table)
+        write_json(_timing(smk), smk.output.timing)
+    elif stage == "evaluate":
+        verdicts, pass_at_k = sharding.merge_verdicts(smk.input.shards, smk.params.ks)
+        write_parquet(verdicts, smk.output.verdicts)
+        write_parquet(pass_at_k, smk.output.pass_at_k)
+        write_json(_timing(smk), smk.output.timing)
+    elif stage == "head_ablation":
+        deltas = sharding.merge_deltas(smk.input.shards, smk.params.kinds)
+        matrix = head_summary(deltas.drop("model", "dataset"), pl.read_parquet(smk.input.targets),
+                              Bootstrap.from_config(smk.params.config))
+        write_parquet(deltas, smk.output.deltas)
+        write_parquet(with_ids(matrix, smk), smk.output.matrix)
+    else:
+        raise ValueError(f"no merge for stage {stage!r}")
+
+
+run_script(snakemake, main)  # noqa: F821
