@@ -12,6 +12,7 @@ if config["shards"]["head_ablation"] == 1:
                 category="Head importance",
             ),
         params:
+            compute=compute_params("head_ablation"),
             kinds=config["ablation"]["kinds"],
             batch_size=config["ablation"]["batch_size"],
             heads_per_pass=config["ablation"]["heads_per_pass"],
@@ -35,6 +36,7 @@ else:
         output:
             deltas="results/{model}/{dataset}/shards/head_deltas-{shard}.parquet",
         params:
+            compute=compute_params("head_ablation"),
             kinds=config["ablation"]["kinds"],
             batch_size=config["ablation"]["batch_size"],
             heads_per_pass=config["ablation"]["heads_per_pass"],
@@ -86,6 +88,7 @@ rule knockout:
             category="Head importance",
         ),
     params:
+        compute=compute_params("knockout"),
         rank_by=config["ablation"]["rank_by"],
         batch_size=config["ablation"]["batch_size"],
         steps_per_pass=config["ablation"]["knockout_steps_per_pass"],

@@ -8,6 +8,7 @@ rule cache_activations:
     output:
         directory("results/{model}/{dataset}/activations"),
     params:
+        compute=compute_params("cache_activations"),
         settings=config["activations"],
         seed=config["seed"],
     conda:

@@ -9,6 +9,7 @@ rule circuit:
         svg="results/{model}/{dataset}/circuit/circuit.svg",
         timing="results/{model}/{dataset}/circuit/circuit_timing.json",
     params:
+        compute=compute_params("circuit"),
         settings=config["circuit"],
         config=bootstrap_params(),
     conda:

@@ -114,6 +114,19 @@ def uses_generations():
     return config["targets"]["source"] in ("correct", "both", "generated")
 
 
+# Stages whose hooks read attention probabilities: eager attention there, SDPA elsewhere.
+PATTERN_STAGES = ("head_roles", "activation_patching", "attribution_patching", "circuit")
+
+
+def compute_params(stage):
+    """Device, compute dtype and attention kernel of one stage (codeinterp.access.compute)."""
+    c = config["compute"]
+    attention = c["attention"]
+    if attention == "auto":
+        attention = "eager" if stage in PATTERN_STAGES else "sdpa"
+    return {"device": c["device"], "dtype": c["dtypes"].get(stage, c["dtype"]), "attention": attention}
+
+
 def shard_files(name, stage, suffix=".parquet"):
     """The shard outputs a merge rule reads: results/{model}/{dataset}/shards/{name}-{i}{suffix}."""
     n = config["shards"][stage]
@@ -248,6 +261,7 @@ def final_outputs():
     for m in MODELS:
         for d in DATASETS:
             outs.extend(analysis_outputs(m, d).values())
+    # COMPARISONS-FINAL
     return outs
 
 
@@ -267,4 +281,5 @@ def report_inputs(wc):
                 inputs[f"{m}|{d}|{kind}"] = path
             if not is_task(d):
                 inputs[f"{m}|{d}|targets"] = f"results/{m}/{d}/targets.parquet"
+    # COMPARISONS-REPORT
     return inputs

@@ -9,6 +9,7 @@ rule failure_probe:
         table="results/{model}/{dataset}/failure/failure_probe.parquet",
         timing="results/{model}/{dataset}/failure/failure_timing.json",
     params:
+        compute=compute_params("failure_probe"),
         settings=config["failure_probe"],
         seed=config["seed"],
         config=bootstrap_params(),

@@ -9,6 +9,7 @@ if config["shards"]["generate"] == 1:
             # Wall-clock time stays out of the table (byte-identical reruns).
             timing="results/{model}/{dataset}/generations_timing.json",
         params:
+            compute=compute_params("generate"),
             settings=lambda wc: generation_settings(wc.model),
             vllm_python=vllm_python(),
         conda:
@@ -31,6 +32,7 @@ else:
             table="results/{model}/{dataset}/shards/generations-{shard}.parquet",
             timing="results/{model}/{dataset}/shards/generations-{shard}_timing.json",
         params:
+            compute=compute_params("generate"),
             settings=lambda wc: generation_settings(wc.model),
             vllm_python=vllm_python(),
             shard=lambda wc: [int(wc.shard), config["shards"]["generate"]],

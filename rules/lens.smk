@@ -16,6 +16,7 @@ rule layer_lens:
             category="Layer lens",
         ),
     params:
+        compute=compute_params("layer_lens"),
         batch_size=config["lens"]["batch_size"],
         config=bootstrap_params(),
     conda:
@@ -39,6 +40,7 @@ rule tuned_lens:
         training="results/{model}/{dataset}/lens/tuned_training.parquet",
         timing="results/{model}/{dataset}/lens/tuned_timing.json",
     params:
+        compute=compute_params("tuned_lens"),
         tuned=config["tuned_lens"],
         seed=config["seed"],
         config=bootstrap_params(),

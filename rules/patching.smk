@@ -7,6 +7,7 @@ rule activation_patching:
         table="results/{model}/{dataset}/patching/activation_patching.parquet",
         timing="results/{model}/{dataset}/patching/activation_patching_timing.json",
     params:
+        compute=compute_params("activation_patching"),
         settings=config["activation_patching"],
         seed=config["seed"],
         config=bootstrap_params(),
@@ -31,6 +32,7 @@ rule attribution_patching:
         compare="results/{model}/{dataset}/patching/attribution_vs_exact.parquet",
         timing="results/{model}/{dataset}/patching/attribution_patching_timing.json",
     params:
+        compute=compute_params("attribution_patching"),
         settings=config["attribution_patching"],
         patching=config["activation_patching"],
         seed=config["seed"],

@@ -10,6 +10,7 @@ rule probes:
         probes="results/{model}/{dataset}/probes/probes.parquet",
         projection="results/{model}/{dataset}/probes/projection.parquet",
     params:
+        compute=compute_params("probes"),
         probes=config["probes"],
         seed=config["seed"],
         batch_size=config["activations"]["batch_size"],

@@ -10,6 +10,7 @@ rule taylor_pruning:
             category="Head importance",
         ),
     params:
+        compute=compute_params("taylor_pruning"),
         taylor=config["taylor"],
         rank_by=config["ablation"]["rank_by"],
         config=bootstrap_params(),

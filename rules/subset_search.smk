@@ -12,6 +12,7 @@ rule head_subset_search:
             category="Head importance",
         ),
     params:
+        compute=compute_params("head_subset_search"),
         search=config["subset_search"],
         rank_by=config["ablation"]["rank_by"],
         seed=config["seed"],

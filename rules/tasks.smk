@@ -10,6 +10,7 @@ rule task_accuracy:
         table="results/{model}/{dataset}/causal/task_accuracy.parquet",
         timing="results/{model}/{dataset}/causal/task_accuracy_timing.json",
     params:
+        compute=compute_params("task_accuracy"),
         settings=config["task_accuracy"],
         config=bootstrap_params(),
     conda:
@@ -32,6 +33,7 @@ rule task_lens:
         table="results/{model}/{dataset}/causal/task_lens.parquet",
         timing="results/{model}/{dataset}/causal/task_lens_timing.json",
     params:
+        compute=compute_params("task_lens"),
         settings=config["task_lens"],
         config=bootstrap_params(),
     conda:
@@ -53,6 +55,7 @@ rule sublayer_ablation:
         table="results/{model}/{dataset}/causal/sublayer_ablation.parquet",
         timing="results/{model}/{dataset}/causal/sublayer_ablation_timing.json",
     params:
+        compute=compute_params("sublayer_ablation"),
         settings=config["sublayer_ablation"],
         config=bootstrap_params(),
     conda:
@@ -74,6 +77,7 @@ rule head_roles:
         table="results/{model}/{dataset}/causal/head_roles.parquet",
         timing="results/{model}/{dataset}/causal/head_roles_timing.json",
     params:
+        compute=compute_params("head_roles"),
         settings=config["head_roles"],
         config=bootstrap_params(),
     conda:

@@ -16,7 +16,7 @@ def main(smk):
         raise ConfigError("activations.enabled is false, but a stage asked for the activation cache")
     # The forward is deterministic in eval mode; seeded anyway so nothing random can vary.
     torch.manual_seed(smk.params.seed)
-    model, tokenizer = load_model(smk.input.model)
+    model, tokenizer = load_model(smk.input.model, compute=smk.params.get("compute"))
     targets = targets_from_frame(pl.read_parquet(smk.input.targets))
     write_cache(
         model, targets, smk.output[0],

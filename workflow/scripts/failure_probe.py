@@ -15,7 +15,7 @@ log = logging.getLogger("codeinterp.failure_probe")
 
 def main(smk):
     t0 = time.perf_counter()
-    model, tokenizer = load_model(smk.input.model)
+    model, tokenizer = load_model(smk.input.model, compute=smk.params.get("compute"))
     pad = tokenizer.pad_token_id or 0
     generations = pl.read_parquet(smk.input.generations)
     verdicts = pl.read_parquet(smk.input.verdicts)

@@ -15,7 +15,7 @@ def main(smk):
     # Finished batches of a killed run are kept beside the output and resumed.
     checkpoint = checkpoint_for(smk, smk.output.table, {"generation": cfg, "shard": shard}, files=[smk.input.problems])
     table = run_generation(problems, smk.input.model, settings, cfg["backend"], smk.params.vllm_python, cfg["samples"],
-                           checkpoint=checkpoint, shard=shard)
+                           checkpoint=checkpoint, shard=shard, compute=smk.params.get("compute"))
     write_parquet(table, smk.output.table)
     write_json({"seconds": round(time.perf_counter() - t0, 1), "samples": len(table), "threads": int(smk.threads)},
                smk.output.timing)

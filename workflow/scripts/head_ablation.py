@@ -13,7 +13,7 @@ log = logging.getLogger("head_ablation")
 
 
 def main(smk):
-    model, tokenizer = load_model(smk.input.model)
+    model, tokenizer = load_model(smk.input.model, compute=smk.params.get("compute"))
     table = pl.read_parquet(smk.input.targets)
     everything = targets_from_frame(table)
     shard = tuple(smk.params.shard) if smk.params.get("shard") else None

@@ -13,7 +13,7 @@ from codeinterp.workflow import ablation_fill, checkpoint_for, delta_array, run_
 
 def main(smk):
     p, kind = smk.params.search, smk.params.rank_by
-    model, tokenizer = load_model(smk.input.model)
+    model, tokenizer = load_model(smk.input.model, compute=smk.params.get("compute"))
     targets = targets_from_frame(pl.read_parquet(smk.input.targets))
     delta = delta_array(pl.read_parquet(smk.input.matrix), kind)
     history = json.loads(open(smk.input.history).read())["history"]

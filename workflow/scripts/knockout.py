@@ -8,7 +8,7 @@ from codeinterp.workflow import ablation_fill, checkpoint_for, delta_array, run_
 
 
 def main(smk):
-    model, _ = load_model(smk.input.model)
+    model, _ = load_model(smk.input.model, compute=smk.params.get("compute"))
     targets = targets_from_frame(pl.read_parquet(smk.input.targets))
     kind = smk.params.rank_by
     deltas = delta_array(pl.read_parquet(smk.input.matrix), kind)

@@ -14,7 +14,7 @@ log = logging.getLogger("codeinterp.layer_lens")
 
 
 def main(smk):
-    model, tokenizer = load_model(smk.input.model)
+    model, tokenizer = load_model(smk.input.model, compute=smk.params.get("compute"))
     table = pl.read_parquet(smk.input.targets)
     targets = targets_from_frame(table)
     pad = tokenizer.pad_token_id or 0

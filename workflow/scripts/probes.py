@@ -17,7 +17,7 @@ log = logging.getLogger("codeinterp.probes")
 
 def main(smk):
     t0 = time.perf_counter()
-    model, tokenizer = load_model(smk.input.model)
+    model, tokenizer = load_model(smk.input.model, compute=smk.params.get("compute"))
     targets = targets_from_frame(pl.read_parquet(smk.input.targets))
     tokens = pl.read_parquet(smk.input.tokens)
     cache = ActivationCache(smk.input.activations)

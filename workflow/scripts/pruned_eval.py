@@ -27,7 +27,7 @@ def main(smk):
     else:
         targets = targets_from_frame(pl.read_parquet(smk.input.targets))
         # Heads are removed the way they were ranked (mean ablation: replaced by their mean output).
-        fill = ablation_fill(load_model(smk.input.model)[0], targets, kind, smk.params.batch_size)
+        fill = ablation_fill(load_model(smk.input.model, compute=smk.params.get("compute"))[0], targets, kind, smk.params.batch_size)
         verdicts, rows = pruned_eval(
             pl.read_parquet(smk.input.problems), smk.input.model, settings, "transformers" if replayed else s["backend"],
             smk.params.vllm_python, limits, smk.threads, c["ks"], list(smk.params.regimes), delta, history,

@@ -16,7 +16,7 @@ log = logging.getLogger("taylor_pruning")
 
 def main(smk):
     t, kind = dict(smk.params.taylor), smk.params.rank_by
-    model, tokenizer = load_model(smk.input.model)
+    model, tokenizer = load_model(smk.input.model, compute=smk.params.get("compute"))
     targets = targets_from_frame(pl.read_parquet(smk.input.targets))
     settings = {**t, "ablation": kind}
     key = resume_key(targets, smk.input.model, settings)

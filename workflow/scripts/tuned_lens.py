@@ -38,7 +38,7 @@ def splits(cache, table: pl.DataFrame, cfg: dict, seed: int) -> dict[str, pl.Dat
 
 def main(smk):
     cfg, seed = smk.params.tuned, int(smk.params.seed)
-    model, _ = load_model(smk.input.model)
+    model, _ = load_model(smk.input.model, compute=smk.params.get("compute"))
     readout = frozen_readout(model)
     n = len(layout(model).blocks)
     cache = ActivationCache(smk.input.activations)

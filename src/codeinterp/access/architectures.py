@@ -206,7 +206,9 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
 
 
 def _scored_losses(logits: torch.Tensor, labels: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
-    ce = F.cross_entropy(logits.float(), labels, reduction="none")
+    """Mean float32 cross-entropy per owner, on the CPU (where the analyses collect results)."""
+    ce = F.cross_entropy(logits.float(), labels.to(logits.device), reduction="none").cpu()
+    owner = owner.cpu()
     sums = torch.zeros(n, dtype=ce.dtype).index_add_(0, owner, ce)
     return sums / torch.zeros(n, dtype=ce.dtype).index_add_(0, owner, torch.ones_like(ce))
 
@@ -225,7 +227,7 @@ def model_losses(model, batch) -> torch.Tensor:
             attention_mask=batch.attention_mask[i : i + 1, :length],
             logits_to_keep=positions,
         ).logits[0]
-        out[i] = F.cross_entropy(logits.float(), batch.labels[sel])
+        out[i] = F.cross_entropy(logits.float(), batch.labels[sel].to(logits.device)).cpu()
     return out
 
 
@@ -467,12 +469,15 @@ class BlockRunner:
         return self.losses_at(out, batch, 1)[0]
 
     @torch.no_grad()
-    def verify(self, batch, emb: torch.Tensor, restrict: bool, what: str, rtol: float = 1e-4) -> None:
+    def verify(self, batch, emb: torch.Tensor, restrict: bool, what: str, rtol: float | None = None) -> None:
         """Stop unless this runner's clean per-target losses equal the model's own forward.
 
         Relative tolerance, with 1 nat as the smallest scale: float32 round-off on a loss
-        near 0 is not a disagreement.
+        near 0 is not a disagreement (default: by the model's dtype, codeinterp.access.compute).
         """
+        from codeinterp.access.compute import check_rtol
+
+        rtol = check_rtol(self.model) if rtol is None else rtol
         mine = self.clean_losses(batch, emb, restrict)
         ref = model_losses(self.model, batch)
         err = (mine - ref).abs() / ref.abs().clamp_min(1.0)

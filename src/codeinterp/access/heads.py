@@ -24,15 +24,17 @@ def _hook(layer: int, keep: torch.Tensor, fill: torch.Tensor | None, n_heads: in
         x = args[0]
         shape = x.shape
         heads = x.view(*shape[:-1], n_heads, head_dim)
-        k = keep[..., layer, :].to(x.dtype)
+        # The mask stays float32 and the product is formed in float32, so that its gradient (Taylor
+        # scores) accumulates in float32 whatever the model computes in.
+        k = keep[..., layer, :].to(device=x.device, dtype=torch.float32)
         # [H] -> [1, 1, H, 1] (all sequences); [B, H] -> [B, 1, H, 1] (one mask per sequence).
         k = k.view(1, 1, -1, 1) if k.dim() == 1 else k.view(k.shape[0], 1, -1, 1)
         if k.shape[0] not in (1, heads.shape[0]):
             raise ValueError(f"head mask batch {k.shape[0]} does not match input batch {heads.shape[0]}")
-        out = heads * k
+        out = heads.float() * k
         if fill is not None:
-            out = out + (1 - k) * fill[layer].to(x.dtype)
-        return (out.view(shape),) + tuple(args[1:])
+            out = out + (1 - k) * fill[layer].to(device=x.device, dtype=torch.float32)
+        return (out.to(x.dtype).view(shape),) + tuple(args[1:])
 
     return pre_hook
 

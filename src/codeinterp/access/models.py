@@ -542,15 +542,23 @@ def prepare_model(spec: dict, out_dir: str | os.PathLike, wheel_dir: str | os.Pa
     return facts
 
 
-def load_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """Load a canonical model directory for analysis: eval mode, float32, eager attention.
+def load_model(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32, compute: dict | None = None):
+    """Load a canonical model directory for analysis, in eval mode.
 
-    Eager attention keeps per-head hooks and gradients exact and identical across runs.
+    Without `compute` ({device, dtype, attention}: codeinterp.access.compute): float32 on the
+    CPU with eager attention, which keeps per-head hooks and gradients exact and identical
+    across runs.
     """
+    from codeinterp.access.compute import place_inputs, resolve
+
     model_dir = Path(model_dir)
     read_facts(model_dir)
+    where = resolve(compute)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=where.dtype if compute else dtype,
+                                                 attn_implementation=where.attention)
+    model.to(where.device)
+    place_inputs(model)
     model.eval()
     return model, tokenizer
 

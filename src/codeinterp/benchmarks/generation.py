@@ -180,6 +180,7 @@ def generate_transformers(model, tokenizer, table: list[dict], settings: Setting
             continue
         first = len(out)
         ids, mask = _left_pad([p["ids"] for p in chunk], pad_id)
+        ids, mask = ids.to(model.device), mask.to(model.device)
         torch.manual_seed(settings.seed + b)
         kwargs = dict(
             input_ids=ids,
@@ -306,7 +307,7 @@ def replay(samples: pl.DataFrame, table: list[dict], settings: Settings, tokeniz
 def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Settings, backend: str,
                    vllm_python: str | None = None, samples: str | None = None, keep: torch.Tensor | None = None,
                    fill: torch.Tensor | None = None, checkpoint=NO_CHECKPOINT, shard: tuple[int, int] | None = None,
-                   ) -> pl.DataFrame:
+                   compute: dict | None = None) -> pl.DataFrame:
     """The `generate` stage: one table of generations for the selected problems (the
     transformers backend resumes from `checkpoint`'s batches). `shard` = (index, count)
     generates that shard's batches only (transformers backend; codeinterp.sharding)."""
@@ -327,7 +328,7 @@ def run_generation(problems: pl.DataFrame, model_dir: str | Path, settings: Sett
     if shard is not None and backend != "transformers":
         raise ConfigError(f"shards.generate: the {backend} backend runs as one job (it batches the whole set itself)")
     if backend == "transformers":
-        model, tokenizer = load_model(model_dir)
+        model, tokenizer = load_model(model_dir, compute=compute)
         table = prompt_table(problems, tokenizer, settings, facts.max_positions)
         chosen = None
         if shard is not None:

@@ -19,7 +19,7 @@ class Stage:
         self.smk, self.name = smk, name
         self.log = logging.getLogger(f"codeinterp.{name}")
         self.t0 = time.perf_counter()
-        self.model, self.tokenizer = load_model(smk.input.model)
+        self.model, self.tokenizer = load_model(smk.input.model, compute=smk.params.get("compute"))
         self.pad = self.tokenizer.pad_token_id or 0
         self.pairs = read_pairs(smk.input.pairs, limit=max_pairs)
         if not self.pairs:
