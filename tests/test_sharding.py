@@ -49,27 +49,31 @@ def test_shard_targets_are_the_length_sorted_batches():
     assert [len(s) for s in shards] == [4, 2, 1]  # batches of 2, 1 and 1 (the last one short)
 
 
-OUTPUTS = ["generations.parquet", "verdicts.parquet", "pass_at_k.parquet", "ablation/head_deltas.parquet",
-           "ablation/head_matrix.parquet"]
+OUTPUTS = ["mbpp/generations.parquet", "mbpp/verdicts.parquet", "mbpp/pass_at_k.parquet",
+           "mbpp/ablation/head_deltas.parquet", "mbpp/ablation/head_matrix.parquet",
+           "brackets/patching/activation_patching.parquet"]
+STAGES = ("generate", "evaluate", "head_ablation", "activation_patching")
 
 
 def _run(workdir: Path, shards: int) -> dict[str, bytes]:
     cfg = yaml.safe_load(TINY.read_text())
-    cfg["datasets"] = {"mbpp": {"split": "test", "limit": 5}}
+    cfg["datasets"] = {"mbpp": {"split": "test", "limit": 5}, "brackets": {"benchmark": "brackets", "pairs": 6,
+                                                                         "max_depth": 3}}
     # Sampling with two samples per problem: each shard must keep its batches' seeds.
     cfg["generation"].update(n=2, temperature=0.8, batch_size=2)
     cfg["ablation"]["batch_size"] = 1
-    cfg["shards"] = {"generate": shards, "evaluate": shards, "head_ablation": shards}
+    cfg["activation_patching"].update(batch_size=2, max_pairs=5, noise_samples=1)
+    cfg["shards"] = {stage: shards for stage in STAGES}
     workdir.mkdir()
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    base = "results/tiny-llama/mbpp"
+    base = "results/tiny-llama"
     cmd = [sys.executable, "-m", "snakemake", *[f"{base}/{o}" for o in OUTPUTS], "-s", str(REPO / "Snakefile"),
            "-d", str(workdir), "--cores", "2", "--configfile", str(workdir / "config.yaml")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     if shards > 1:
-        made = sorted(p.name for p in (workdir / base / "shards").glob("*.parquet"))
-        assert len(made) == 3 * shards, made
+        made = sorted(p.name for p in (workdir / base).glob("*/shards/*.parquet"))
+        assert len(made) == len(STAGES) * shards, made
     return {o: (workdir / base / o).read_bytes() for o in OUTPUTS}
 
 

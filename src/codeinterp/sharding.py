@@ -9,7 +9,9 @@ change the padding or the batch shapes, and float results with them.
   shard keeps each batch's global index);
 - evaluation: samples, each judged on its own (no batch effects), in the stage's order;
 - head ablation: batches of targets sorted by length (codeinterp.access.scoring.batches);
-  mean ablation's fill is the mean over *all* targets, so every shard computes it in full.
+  mean ablation's fill is the mean over *all* targets, so every shard computes it in full;
+- activation patching: batches of pairs in order (each shard checks its patcher against the
+  model's own forward on its first batch, as one job does); the merge summarises all pairs.
 """
 
 from __future__ import annotations
@@ -81,3 +83,12 @@ def merge_deltas(paths: Sequence[str], kinds: Sequence[str]) -> pl.DataFrame:
     """Per-target head deltas of every shard, kind by kind as one job writes them."""
     shards = concat([pl.read_parquet(p) for p in paths])
     return concat([shards.filter(pl.col("ablation") == k).sort("layer", "head", "target_id") for k in kinds])
+
+
+def merge_patching(paths: Sequence[str], boot) -> pl.DataFrame:
+    """Per-pair patching rows of every shard, then the summary one job writes."""
+    from codeinterp.causal.patching import summarise
+
+    frames = [f for f in (pl.read_parquet(p) for p in paths) if f.width > 2]  # a shard without pairs: ids only
+    per_pair = concat(frames).drop("model", "dataset") if frames else pl.DataFrame()
+    return summarise(per_pair, boot)

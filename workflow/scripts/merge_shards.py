@@ -30,6 +30,10 @@ def main(smk):
                               Bootstrap.from_config(smk.params.config))
         write_parquet(deltas, smk.output.deltas)
         write_parquet(with_ids(matrix, smk), smk.output.matrix)
+    elif stage == "activation_patching":
+        table = sharding.merge_patching(smk.input.shards, Bootstrap.from_config(smk.params.config))
+        write_parquet(with_ids(table, smk), smk.output.table)
+        write_json(_timing(smk), smk.output.timing)
     else:
         raise ValueError(f"no merge for stage {stage!r}")
 
