@@ -51,8 +51,8 @@ def test_shard_targets_are_the_length_sorted_batches():
 
 OUTPUTS = ["mbpp/generations.parquet", "mbpp/verdicts.parquet", "mbpp/pass_at_k.parquet",
            "mbpp/ablation/head_deltas.parquet", "mbpp/ablation/head_matrix.parquet",
-           "brackets/patching/activation_patching.parquet"]
-STAGES = ("generate", "evaluate", "head_ablation", "activation_patching")
+           "brackets/patching/activation_patching.parquet", "mbpp/activations"]
+STAGES = ("generate", "evaluate", "head_ablation", "activation_patching", "cache_activations")
 
 
 def _run(workdir: Path, shards: int) -> dict[str, bytes]:
@@ -63,6 +63,8 @@ def _run(workdir: Path, shards: int) -> dict[str, bytes]:
     cfg["generation"].update(n=2, temperature=0.8, batch_size=2)
     cfg["ablation"]["batch_size"] = 1
     cfg["activation_patching"].update(batch_size=2, max_pairs=5, noise_samples=1)
+    # Cache files of 7 rows and batches of 2 targets: parts start inside batches.
+    cfg["activations"].update(shard_tokens=7, batch_size=2, positions="code")
     cfg["shards"] = {stage: shards for stage in STAGES}
     workdir.mkdir()
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -72,9 +74,15 @@ def _run(workdir: Path, shards: int) -> dict[str, bytes]:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     if shards > 1:
-        made = sorted(p.name for p in (workdir / base).glob("*/shards/*.parquet"))
+        made = sorted(p.name for p in (workdir / base).glob("*/shards/*") if not p.name.endswith(".json"))
         assert len(made) == len(STAGES) * shards, made
-    return {o: (workdir / base / o).read_bytes() for o in OUTPUTS}
+    return {o: _bytes(workdir / base / o) for o in OUTPUTS}
+
+
+def _bytes(path: Path):
+    if path.is_dir():  # the cache: every file by name
+        return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+    return path.read_bytes()
 
 
 @pytest.mark.slow

@@ -30,6 +30,15 @@ def main(smk):
                               Bootstrap.from_config(smk.params.config))
         write_parquet(deltas, smk.output.deltas)
         write_parquet(with_ids(matrix, smk), smk.output.matrix)
+    elif stage == "cache_activations":
+        import dataclasses
+
+        from codeinterp.access.models import read_facts
+        from codeinterp.access.scoring import targets_from_frame
+        from codeinterp.analyses.cache_parts import merge_parts
+
+        targets = targets_from_frame(pl.read_parquet(smk.input.targets))
+        merge_parts(list(smk.input.shards), smk.output[0], targets, dataclasses.asdict(read_facts(smk.input.model)))
     elif stage == "activation_patching":
         table = sharding.merge_patching(smk.input.shards, Bootstrap.from_config(smk.params.config))
         write_parquet(with_ids(table, smk), smk.output.table)

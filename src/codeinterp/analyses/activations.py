@@ -221,7 +221,9 @@ def _save_state(tmp: Path, key: str, rows_per_shard: list[int]) -> None:
 
 
 def _write(model, targets: list[Target], tmp: Path, names: list[str], settings: dict, meta: dict | None,
-           done: list[int], resume: str | None) -> dict:
+           done: list[int], resume: str | None, stop: int | None = None) -> dict:
+    """Write the shards after `done` (and the index); `stop`: only up to that shard file
+    (one part of a sharded job, codeinterp.analyses.cache_parts), no index."""
     t0 = time.perf_counter()
     positions, dtype = settings["positions"], DTYPES[settings["dtype"]]
     on_flush = (lambda rows: _save_state(tmp, resume, rows)) if resume else None
@@ -246,12 +248,33 @@ def _write(model, targets: list[Target], tmp: Path, names: list[str], settings: 
         row += n_rows
         writer.add(values)
         progress.advance()
+        if stop is not None and len(writer.rows_per_shard) >= stop:
+            break
     progress.close()
     # Shapes from a one-token forward, not the first batch, which a resumed run may skip.
     shapes = _site_shapes(model, names, settings["pad_id"])
-    rows_per_shard = writer.finish()
+    if stop is not None and len(writer.rows_per_shard) >= stop:
+        rows_per_shard = writer.rows_per_shard[:stop]  # rows past the part's last file belong to the next part
+    else:
+        rows_per_shard = writer.finish()
+    if stop is not None:
+        return {"sites": names, "shapes": shapes, "rows_per_shard": rows_per_shard[len(done):], "first": len(done)}
+    index = build_index(targets, settings, meta, names, shapes, rows_per_shard)
+    tmp_index = tmp / (INDEX_FILE + ".tmp")
+    tmp_index.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp_index, tmp / INDEX_FILE)
+    seconds = time.perf_counter() - t0
+    log.info("activation cache: %d targets, %d rows, %d sites, %d shards, %.1f MB in %.1f s (%.1f MB/s)",
+             len(targets), index["n_rows"], len(names), len(rows_per_shard), writer.bytes / 1e6, seconds,
+             writer.bytes / 1e6 / max(seconds, 1e-9))
+    return index
+
+
+def build_index(targets: list[Target], settings: dict, meta: dict | None, names: list[str], shapes: dict,
+                rows_per_shard: list[int]) -> dict:
+    positions = settings["positions"]
     spans = [cached_span(t, positions) for t in targets]
-    index = {
+    return {
         "format_version": FORMAT_VERSION,
         "hash": content_hash(targets, settings, meta),
         "settings": settings,
@@ -266,14 +289,6 @@ def _write(model, targets: list[Target], tmp: Path, names: list[str], settings: 
         "targets": {"target_id": [t.target_id for t in targets], "start": [a for a, _ in spans],
                     "end": [b for _, b in spans]},
     }
-    tmp_index = tmp / (INDEX_FILE + ".tmp")
-    tmp_index.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp_index, tmp / INDEX_FILE)
-    seconds = time.perf_counter() - t0
-    log.info("activation cache: %d targets, %d rows, %d sites, %d shards, %.1f MB in %.1f s (%.1f MB/s)",
-             len(targets), index["n_rows"], len(names), len(rows_per_shard), writer.bytes / 1e6, seconds,
-             writer.bytes / 1e6 / max(seconds, 1e-9))
-    return index
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
