@@ -124,7 +124,8 @@ def compute_params(stage):
     attention = c["attention"]
     if attention == "auto":
         attention = "eager" if stage in PATTERN_STAGES else "sdpa"
-    return {"device": c["device"], "dtype": c["dtypes"].get(stage, c["dtype"]), "attention": attention}
+    return {"device": c["device"], "dtype": c["dtypes"].get(stage, c["dtype"]), "attention": attention,
+            "batch_tokens": c["batch_tokens"]}
 
 
 def shard_files(name, stage, suffix=".parquet"):

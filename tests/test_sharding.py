@@ -91,3 +91,32 @@ def test_sharded_runs_equal_the_unsharded_run(tmp_path):
     for n in (2, 3):
         sharded = _run(tmp_path / f"n{n}", n)
         assert [o for o in OUTPUTS if sharded[o] != whole[o]] == [], f"{n} shards"
+
+
+@given(st.lists(st.integers(1, 40), min_size=0, max_size=30), st.integers(1, 6), st.integers(1, 200),
+       st.integers(1, 4))
+def test_token_budget_batches_and_their_shards(lengths, batch_size, budget, n_shards):
+    from codeinterp.access import scoring
+
+    class T:
+        def __init__(self, i, n):
+            self.target_id, self.input_ids = f"t{i:03d}", [0] * n
+
+    targets = [T(i, n) for i, n in enumerate(lengths)]
+    scoring.set_batch_tokens(budget)
+    try:
+        ordered = scoring.length_order(targets)
+        bounds = scoring.batch_bounds(ordered, batch_size)
+        assert [t for a, b in bounds for t in ordered[a:b]] == ordered
+        for a, b in bounds:
+            assert 1 <= b - a <= batch_size
+            assert b - a == 1 or (b - a) * len(ordered[b - 1].input_ids) <= budget
+        shards = [shard_targets(targets, batch_size, n_shards, i) for i in range(n_shards)]
+        assert [t for s in shards for t in s] == ordered
+        starts = {a for a, _ in bounds} | {len(ordered)}
+        cut = 0
+        for s in shards[:-1]:  # every shard boundary is a batch boundary
+            cut += len(s)
+            assert cut in starts
+    finally:
+        scoring.set_batch_tokens(None)

@@ -39,13 +39,15 @@ def item_range(n_items: int, batch_size: int, n_shards: int, shard: int) -> rang
 
 
 def shard_targets(targets: Sequence, batch_size: int, n_shards: int, shard: int) -> list:
-    """The targets of one shard of a sweep that batches them sorted by (length, id)."""
-    order = sorted(targets, key=lambda t: (len(t.input_ids), t.target_id))
-    return order[slice(*_bounds(item_range(len(order), batch_size, n_shards, shard)))]
+    """The targets of one shard of a sweep that batches them as codeinterp.access.scoring.batches."""
+    from codeinterp.access.scoring import batch_bounds, length_order
 
-
-def _bounds(r: range) -> tuple[int, int]:
-    return r.start, r.stop
+    ordered = length_order(list(targets))
+    bounds = batch_bounds(ordered, batch_size)
+    mine = batch_range(len(bounds), n_shards, shard)
+    if not len(mine):
+        return []
+    return ordered[bounds[mine.start][0] : bounds[mine.stop - 1][1]]
 
 
 def concat(frames: Sequence[pl.DataFrame]) -> pl.DataFrame:

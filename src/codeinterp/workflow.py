@@ -31,6 +31,11 @@ def run_script(snakemake, main) -> None:
         torch.set_num_threads(max(1, int(snakemake.threads)))
     except ImportError:
         pass
+    compute = snakemake.params.get("compute") if hasattr(snakemake, "params") else None
+    if compute and compute.get("batch_tokens"):
+        from codeinterp.access.scoring import set_batch_tokens
+
+        set_batch_tokens(int(compute["batch_tokens"]))
     try:
         main(snakemake)
     except ConfigError as err:
@@ -149,6 +154,9 @@ def checkpoint_for(smk, output, settings: dict, targets=(), files=(), name: str 
 
     model = getattr(smk.input, "model", None) if hasattr(smk, "input") else None
     name = name or getattr(smk, "rule", None) or "job"
+    compute = smk.params.get("compute") if hasattr(smk, "params") else None
+    if compute:  # another dtype or batching gives other numbers: not resumable across them
+        settings = {**settings, "compute": compute}
     return Checkpoint(output, resume_key(targets, model, settings, files), name, logging.getLogger(f"codeinterp.{name}"))
 
 

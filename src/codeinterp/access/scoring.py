@@ -73,11 +73,41 @@ def make_batch(targets: list[Target], pad_id: int = 0) -> Batch:
     )
 
 
+# Tokens per batch (rows x padded width), or None for batches of `batch_size` sequences. Set
+# once per job from the config (`compute.batch_tokens`, codeinterp.workflow.run_script).
+BATCH_TOKENS: int | None = None
+
+
+def set_batch_tokens(tokens: int | None) -> None:
+    global BATCH_TOKENS
+    BATCH_TOKENS = tokens
+
+
+def length_order(targets: list[Target]) -> list[Target]:
+    """The order batches take: by length (padding stays small), then id."""
+    return sorted(targets, key=lambda t: (len(t.input_ids), t.target_id))
+
+
+def batch_bounds(ordered: list[Target], batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of each batch of `ordered`: at most `batch_size` sequences and, with a
+    token budget, at most BATCH_TOKENS padded tokens (a longer target gets a batch alone)."""
+    bounds, start = [], 0
+    while start < len(ordered):
+        stop = min(start + batch_size, len(ordered))
+        if BATCH_TOKENS is not None:
+            # Sorted by length: the widest sequence of [start, stop) is the last one.
+            while stop - start > 1 and (stop - start) * len(ordered[stop - 1].input_ids) > BATCH_TOKENS:
+                stop -= 1
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
 def batches(targets: list[Target], batch_size: int, pad_id: int = 0):
-    """Batches in a fixed order; targets are sorted by length so padding stays small."""
-    order = sorted(range(len(targets)), key=lambda i: (len(targets[i].input_ids), targets[i].target_id))
-    for start in range(0, len(order), batch_size):
-        yield make_batch([targets[i] for i in order[start : start + batch_size]], pad_id)
+    """Batches in a fixed order (`length_order`, cut by `batch_bounds`)."""
+    ordered = length_order(targets)
+    for start, stop in batch_bounds(ordered, batch_size):
+        yield make_batch(ordered[start:stop], pad_id)
 
 
 def per_target_mean(values: torch.Tensor, owner: torch.Tensor, n_targets: int) -> torch.Tensor:
