@@ -129,7 +129,7 @@ def compute_params(stage):
 
 
 def shard_files(name, stage, suffix=".parquet"):
-    """The shard outputs a merge rule reads: results/{model}/{dataset}/shards/{name}-{i}{suffix}."""
+    """The shard outputs that the merge reads (results/{model}/{dataset}/shards/{name}-{i}{suffix})."""
     n = config["shards"][stage]
     return [f"results/{{model}}/{{dataset}}/shards/{name}-{i}{suffix}" for i in range(n)]
 

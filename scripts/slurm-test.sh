@@ -8,8 +8,9 @@
 #    the daemons started here and puts back what /etc/slurm held;
 # 3. runs tests/configs/tiny.yaml with --profile profiles/slurm, then checks with sacct that
 #    every job of the run went through SLURM and completed;
-# 4. runs the same config locally (or takes REFERENCE=<workdir of a finished local run>) and
-#    compares every Parquet table under results/ byte for byte (timings are separate JSON files).
+# 4. runs the same config locally, beside the SLURM run (or takes REFERENCE=<workdir of a
+#    finished local run on this host>), and compares every Parquet table under results/ byte
+#    for byte (timings are separate JSON files).
 # Environment: SLURM_TEST_MAX_THREADS (default 1: threads per job, both runs), SLURM_TEST_CPUS
 # (CPUs the node declares, default nproc), REFERENCE.
 set -euo pipefail
@@ -69,8 +70,10 @@ unlink_conf() {
 cleanup() { stop_started; unlink_conf; }
 trap cleanup EXIT
 running=""  # the snakemake run in progress: stopped first on INT/TERM (it cancels its SLURM jobs)
+local_run=""  # the local reference run, beside the SLURM run
 on_signal() {
   if [ -n "$running" ]; then kill -TERM "$running" 2>/dev/null || true; wait "$running" 2>/dev/null || true; fi
+  if [ -n "$local_run" ]; then kill -TERM "$local_run" 2>/dev/null || true; wait "$local_run" 2>/dev/null || true; fi
   exit 130
 }
 trap on_signal INT TERM
@@ -128,7 +131,8 @@ TaskPlugin=task/none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
-# The node declares what the profile asks for (40 GB jobs); nothing enforces it without cgroups.
+# The node declares room for one 40 GB job (the profile's size) per CPU, so that jobs are limited by
+# CPUs as in a local run; nothing enforces memory without cgroups.
 SlurmdParameters=config_overrides
 ReturnToService=2
 SlurmdTimeout=300
@@ -142,7 +146,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
-NodeName=${node} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=64000 State=UNKNOWN
+NodeName=${node} NodeAddr=127.0.0.1 CPUs=${cpus} RealMemory=$((cpus * 64000)) State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
   cat >"$state/etc/slurmdbd.conf" <<EOF
@@ -254,15 +258,24 @@ start_munge
 start_mariadb
 link_conf
 start_slurm;    step "cluster up: $(sinfo -h -o '%N %c CPUs %T')"
+if [ -n "${REFERENCE:-}" ]; then
+  reference="$REFERENCE"
+else
+  # The local reference runs meanwhile: the SLURM run spends much of its time waiting for
+  # status checks, so the two together take little more than the SLURM run alone.
+  reference="$dir/local"
+  "$py" -m snakemake -s "$repo/Snakefile" -d "$reference" --configfile "$tiny" --max-threads "$max_threads" \
+    --cores 1 >"$dir/local.log" 2>&1 &
+  local_run=$!
+fi
 snakemake "$dir/slurm" "$dir/slurm.log" --profile "$repo/profiles/slurm"
 step "tiny pipeline ran through SLURM"
 check_accounting "$dir/slurm.log"
 cleanup;        step "cluster stopped"
-if [ -n "${REFERENCE:-}" ]; then
-  reference="$REFERENCE"
-else
-  snakemake "$dir/local" "$dir/local.log" --cores 2
-  reference="$dir/local"
+if [ -n "$local_run" ]; then
+  rc=0; wait "$local_run" || rc=$?
+  local_run=""
+  [ "$rc" = 0 ] || { tail -n 40 "$dir/local.log" >&2; fail "the local run failed (log: $dir/local.log)"; }
   step "tiny pipeline ran locally"
 fi
 compare_tables "$dir/slurm" "$reference"

@@ -31,7 +31,7 @@ def run_script(snakemake, main) -> None:
         torch.set_num_threads(max(1, int(snakemake.threads)))
     except ImportError:
         pass
-    compute = snakemake.params.get("compute") if hasattr(snakemake, "params") else None
+    compute = _param(snakemake, "compute")
     if compute and compute.get("batch_tokens"):
         from codeinterp.access.scoring import set_batch_tokens
 
@@ -50,6 +50,14 @@ def run_script(snakemake, main) -> None:
 
                 traceback.print_exc(file=fh)
         raise
+
+
+def _param(smk, name: str):
+    """A rule parameter, or None (also for stand-ins of the snakemake object without it)."""
+    params = getattr(smk, "params", None)
+    if params is None:
+        return None
+    return params.get(name) if hasattr(params, "get") else getattr(params, name, None)
 
 
 def write_parquet(df: pl.DataFrame, path: str | os.PathLike) -> None:
@@ -154,7 +162,7 @@ def checkpoint_for(smk, output, settings: dict, targets=(), files=(), name: str 
 
     model = getattr(smk.input, "model", None) if hasattr(smk, "input") else None
     name = name or getattr(smk, "rule", None) or "job"
-    compute = smk.params.get("compute") if hasattr(smk, "params") else None
+    compute = _param(smk, "compute")
     if compute:  # another dtype or batching gives other numbers: not resumable across them
         settings = {**settings, "compute": compute}
     return Checkpoint(output, resume_key(targets, model, settings, files), name, logging.getLogger(f"codeinterp.{name}"))

@@ -175,20 +175,22 @@ def compare(exact: pl.DataFrame, approx: pl.DataFrame, top_k: int, boot: Bootstr
     present in both, with a bootstrap interval over pairs, and top-k recall of settings."""
     keys = ["pair_id", "corruption", "direction", "site", "layer", "head", "position"]
     exact = exact.filter(pl.col("computed")) if "computed" in exact.columns else exact
+    # A join's row order is not fixed (threads): sorted, so that sums and ties come out the same every run.
     joined = exact.select(*keys, pl.col("normalised").alias("exact")).join(
         approx.select(*keys, "method", pl.col("normalised").alias("approx")), on=keys, how="inner").drop_nans()
+    joined = joined.sort("corruption", "direction", "site", "method", "pair_id", "layer", "head", "position")
     out = []
-    for key, part in joined.sort("corruption", "direction", "site", "method").group_by(
-            ["corruption", "direction", "site", "method"], maintain_order=True):
+    for key, part in joined.group_by(["corruption", "direction", "site", "method"], maintain_order=True):
         pair_ids = sorted(part["pair_id"].unique().to_list())
         rho = _rho(part)
         per_pair = np.array([[_rho(part.filter(pl.col("pair_id") == p))] for p in pair_ids])
         per_pair = per_pair[~np.isnan(per_pair[:, 0])]
         mean, low, high = bootstrap_means(per_pair, boot) if len(per_pair) else (np.array([np.nan]),) * 3
-        settings = part.group_by("layer", "head", "position").agg(pl.col("exact").abs().mean(), pl.col("approx").abs().mean())
+        settings = part.group_by("layer", "head", "position", maintain_order=True).agg(
+            pl.col("exact").abs().mean(), pl.col("approx").abs().mean())
         k = min(top_k, len(settings))
-        top_exact = set(settings.sort("exact", descending=True).head(k).select("layer", "head", "position").rows())
-        top_approx = set(settings.sort("approx", descending=True).head(k).select("layer", "head", "position").rows())
+        top_exact, top_approx = (set(settings.sort([c, "layer", "head", "position"], descending=[True, False, False, False])
+                                     .head(k).select("layer", "head", "position").rows()) for c in ("exact", "approx"))
         out.append(dict(zip(["corruption", "direction", "site", "method"], key)) | {
             "spearman": rho, "per_pair_spearman": float(mean[0]), "per_pair_spearman_ci_low": float(low[0]),
             "per_pair_spearman_ci_high": float(high[0]), "n_pairs": len(pair_ids), "n_rows": len(part),
