@@ -1,6 +1,7 @@
 """End to end: the tiny pipeline from an empty directory, then no-op and partial reruns."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -84,6 +85,10 @@ def test_generation_change_reruns_only_dependants(tiny_run, tmp_path):
     assert jobs == {"all": 1, "generate": 3, "evaluate": 3, "pruned_eval": 3, "failure_probe": 3, "report": 1}
 
 
+# .ci/run sets this: its SLURM stage makes two clean runs of the tiny config (through SLURM and
+# locally) and compares every table byte for byte, a superset of this test, in CI's time budget.
+@pytest.mark.skipif(os.environ.get("CODEINTERP_DETERMINISM_IN_SLURM_STAGE") == "1",
+                    reason="CI's SLURM stage compares every table of two clean runs")
 def test_same_config_gives_identical_tables(tiny_run, tmp_path):
     other = tmp_path / "again"
     shutil.copytree(tiny_run / "resources", other / "resources")
