@@ -38,13 +38,6 @@ config.clear()
 config.update(_canonical)
 
 MODELS = sorted(config["models"])
-FINETUNED_MODELS = [m for m in MODELS if config["models"][m]["source"] == "finetune"]
-BUILT_MODELS = [m for m in MODELS if m not in FINETUNED_MODELS]
-
-
-def names_pattern(names):
-    """A wildcard constraint matching exactly these names (none: a pattern that never matches)."""
-    return "|".join(map(re.escape, names)) if names else "(?!x)x"
 DATASETS = sorted(config["datasets"])
 
 
@@ -212,57 +205,11 @@ def tuned_lens_for_tasks(wc):
     return [f"results/{wc.model}/{BENCHMARK_DATASETS[0]}/lens/tuned_lens.safetensors"]
 
 
-def pair_name(a, b):
-    return f"{a} vs {b}"
-
-
-def comparison_outputs():
-    """Report key "{a} vs {b}|all|{kind}" (or "{model}|all|head_union") -> path."""
-    outs = {}
-    for a, b in config["comparisons"]["weights"]:
-        outs[f"{pair_name(a, b)}|all|compare_weights"] = f"results/comparisons/{a}__{b}/weights.parquet"
-    for a, b in config["comparisons"]["pairs"]:
-        base = f"results/comparisons/{a}__{b}"
-        outs[f"{pair_name(a, b)}|all|compare_models"] = f"{base}/functional.parquet"
-        outs[f"{pair_name(a, b)}|all|compare_heads"] = f"{base}/heads.parquet"
-        outs[f"{pair_name(a, b)}|all|compare_curves"] = f"{base}/curves.parquet"
-    if config["comparisons"]["union"] and config["ablation"]["enabled"] and len(BENCHMARK_DATASETS) > 1:
-        for m in MODELS:
-            outs[f"{m}|all|head_union"] = f"results/{m}/head_union.parquet"
-    return outs
-
-
-def _comparable_outputs(model):
-    """What compare_models reads of one model, keyed "{dataset}|{kind}"."""
-    wanted = ("head_matrix", "taylor_history", "lens_layers", "pass_at_k", "circuit_edges")
-    outs = {}
-    for d in DATASETS:
-        for kind, path in analysis_outputs(model, d).items():
-            if kind in wanted:
-                outs[f"{d}|{kind}"] = path
-    return outs
-
-
-def compare_models_inputs(wc):
-    """Keys "a|{dataset}|{kind}" and "b|{dataset}|{kind}" (the script splits them)."""
-    inputs = {}
-    for side, model in (("a", wc.a), ("b", wc.b)):
-        for key, path in _comparable_outputs(model).items():
-            inputs[f"{side}|{key}"] = path
-    return inputs
-
-
-def head_union_inputs(wc):
-    """"{dataset}" -> the head matrix of every benchmark dataset of the model."""
-    return {d: f"results/{wc.model}/{d}/ablation/head_matrix.parquet" for d in BENCHMARK_DATASETS}
-
-
 def final_outputs():
     outs = ["reports/report.html"]
     for m in MODELS:
         for d in DATASETS:
             outs.extend(analysis_outputs(m, d).values())
-    # COMPARISONS-FINAL
     return outs
 
 
@@ -282,5 +229,4 @@ def report_inputs(wc):
                 inputs[f"{m}|{d}|{kind}"] = path
             if not is_task(d):
                 inputs[f"{m}|{d}|targets"] = f"results/{m}/{d}/targets.parquet"
-    # COMPARISONS-REPORT
     return inputs

@@ -87,35 +87,6 @@ def check_semantics(config: dict) -> list[str]:
     for name, spec in sorted(config["models"].items()):
         if spec.get("source") == "tiny-random":
             problems += _tiny_problems(name, spec)
-        problems += _finetune_problems(name, spec, config["models"])
-    problems += _comparison_problems(config)
-    return problems
-
-
-def _finetune_problems(name: str, spec: dict, models: dict) -> list[str]:
-    if spec.get("source") != "finetune":
-        return [f"models.{name}.{k}: only a finetune model has `{k}`" for k in ("base", "finetune") if k in spec]
-    base = spec.get("base")
-    if base is None:
-        return [f"models.{name}.base: a finetune model needs the configured model it is trained from"]
-    if base == name or base not in models:
-        return [f"models.{name}.base: {base!r} is not another configured model ({', '.join(sorted(models))})"]
-    if models[base].get("source") == "finetune" and models[base].get("base") == name:
-        return [f"models.{name}.base: {name} and {base} are each other's base"]
-    return []
-
-
-def _comparison_problems(config: dict) -> list[str]:
-    problems = []
-    models = config["models"]
-    for key in ("pairs", "weights"):
-        for i, pair in enumerate(config["comparisons"][key]):
-            unknown = [m for m in pair if m not in models]
-            if unknown:
-                problems.append(f"comparisons.{key}[{i}]: {unknown[0]!r} is not a configured model "
-                                f"({', '.join(sorted(models))})")
-            elif pair[0] == pair[1]:
-                problems.append(f"comparisons.{key}[{i}]: a model compared with itself ({pair[0]})")
     return problems
 
 
