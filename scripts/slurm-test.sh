@@ -184,6 +184,8 @@ start_munge() {
 start_mariadb() {
   local db="$state/db"
   mkdir -p "$db" && chown mysql:mysql "$db" && chmod 755 "$dir" "$state"
+  runuser -u mysql -- test -w "$db" \
+    || fail "user mysql cannot reach $db: make every directory above $dir searchable by others (chmod o+x)"
   mariadb-install-db --user=mysql --datadir="$db" --auth-root-authentication-method=normal \
     --skip-test-db >"$state/log/mariadb-install.log" 2>&1 || fail "mariadb-install-db failed (log: $state/log)"
   /usr/sbin/mariadbd --no-defaults --user=mysql --datadir="$db" --port=3307 --bind-address=127.0.0.1 \
