@@ -24,6 +24,7 @@ include: "rules/pairs.smk"
 include: "rules/tasks.smk"
 include: "rules/patching.smk"
 include: "rules/circuit.smk"
+include: "rules/compare.smk"
 include: "rules/report.smk"
 
 

@@ -205,11 +205,18 @@ def tuned_lens_for_tasks(wc):
     return [f"results/{wc.model}/{BENCHMARK_DATASETS[0]}/lens/tuned_lens.safetensors"]
 
 
+def comparison_outputs():
+    """Report key "{a} vs {b}|all|compare_weights" -> the pair's table."""
+    return {f"{a} vs {b}|all|compare_weights": f"results/comparisons/{a}__{b}/weights.parquet"
+            for a, b in config["comparisons"]["weights"]}
+
+
 def final_outputs():
     outs = ["reports/report.html"]
     for m in MODELS:
         for d in DATASETS:
             outs.extend(analysis_outputs(m, d).values())
+    outs.extend(comparison_outputs().values())
     return outs
 
 
@@ -229,4 +236,5 @@ def report_inputs(wc):
                 inputs[f"{m}|{d}|{kind}"] = path
             if not is_task(d):
                 inputs[f"{m}|{d}|targets"] = f"results/{m}/{d}/targets.parquet"
+    inputs.update(comparison_outputs())
     return inputs

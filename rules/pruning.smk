@@ -65,6 +65,7 @@ rule pruned_eval:
             category="Head importance",
         ),
     params:
+        compute=compute_params("generate"),
         regimes=config["pruned_eval"]["regimes"],
         rank_by=config["ablation"]["rank_by"],
         settings=lambda wc: generation_settings(wc.model),

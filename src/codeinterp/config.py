@@ -87,6 +87,19 @@ def check_semantics(config: dict) -> list[str]:
     for name, spec in sorted(config["models"].items()):
         if spec.get("source") == "tiny-random":
             problems += _tiny_problems(name, spec)
+    problems += _comparison_problems(config)
+    return problems
+
+
+def _comparison_problems(config: dict) -> list[str]:
+    problems, models = [], config["models"]
+    for i, pair in enumerate(config["comparisons"]["weights"]):
+        unknown = [m for m in pair if m not in models]
+        if unknown:
+            problems.append(f"comparisons.weights[{i}]: {unknown[0]!r} is not a configured model "
+                            f"({', '.join(sorted(models))})")
+        elif pair[0] == pair[1]:
+            problems.append(f"comparisons.weights[{i}]: a model compared with itself ({pair[0]})")
     return problems
 
 

@@ -31,7 +31,7 @@ def main(smk):
         verdicts, rows = pruned_eval(
             pl.read_parquet(smk.input.problems), smk.input.model, settings, "transformers" if replayed else s["backend"],
             smk.params.vllm_python, limits, smk.threads, c["ks"], list(smk.params.regimes), delta, history,
-            fill=fill, regenerate_baseline=replayed, boot=boot,
+            fill=fill, regenerate_baseline=replayed, boot=boot, compute=smk.params.get("compute"),
         )
         # Replayed samples come from another system: the baseline is this model regenerating unpruned.
         summary = rows if replayed else pl.concat([summary, rows], how="diagonal")

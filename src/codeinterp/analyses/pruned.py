@@ -48,7 +48,7 @@ def write_pruned_checkpoint(model_dir: str | Path, heads: list[tuple[int, int]],
     save_canonical(model, tokenizer, out_dir, source=f"pruned:{Path(model_dir).name}")
 
 
-def _generate(problems, model_dir, settings, backend, vllm_python, heads, fill=None):
+def _generate(problems, model_dir, settings, backend, vllm_python, heads, fill=None, compute=None):
     if backend == "vllm":
         if fill is not None:
             raise ConfigError("a pruned vLLM checkpoint can only zero heads; mean ablation needs the transformers backend")
@@ -58,7 +58,7 @@ def _generate(problems, model_dir, settings, backend, vllm_python, heads, fill=N
             return run_generation(problems, pruned_dir, settings, "vllm", vllm_python)
     model, _ = load_model(model_dir)
     keep = mask_from_heads(model, heads)
-    return run_generation(problems, model_dir, settings, "transformers", keep=keep, fill=fill)
+    return run_generation(problems, model_dir, settings, "transformers", keep=keep, fill=fill, compute=compute)
 
 
 def _summary(label: str, heads: list, verdicts: pl.DataFrame, per_problem: pl.DataFrame, boot: Bootstrap) -> pl.DataFrame:
@@ -77,8 +77,9 @@ def _summary(label: str, heads: list, verdicts: pl.DataFrame, per_problem: pl.Da
 def pruned_eval(problems: pl.DataFrame, model_dir: str | Path, settings: Settings, backend: str, vllm_python: str | None,
                 limits: Limits, workers: int, ks: list[int], regimes: list[dict], delta: np.ndarray,
                 history: list[dict] | None, fill=None, regenerate_baseline: bool = False,
-                boot: Bootstrap | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Verdicts of every regime (long table) and pass@k per regime.
+                boot: Bootstrap | None = None, compute: dict | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Verdicts of every regime (long table) and pass@k per regime (generation with the
+    `compute` settings: device, dtype, attention).
 
     Removed heads are zeroed, or replaced by `fill` (their mean outputs) for mean ablation.
     With `regenerate_baseline` the unpruned model is regenerated too (regime "none"), for
@@ -93,7 +94,7 @@ def pruned_eval(problems: pl.DataFrame, model_dir: str | Path, settings: Setting
     verdict_frames, summaries = [], []
     for label, heads in plan:
         log.info("regime %s: removing %d heads", label, len(heads))
-        gens = _generate(problems, model_dir, settings, backend, vllm_python, heads, fill if heads else None)
+        gens = _generate(problems, model_dir, settings, backend, vllm_python, heads, fill if heads else None, compute)
         verdicts, per_problem = evaluate_generations(problems, gens, limits, workers, ks)
         verdict_frames.append(verdicts.with_columns(regime=pl.lit(label)))
         summaries.append(_summary(label, heads, verdicts, per_problem, boot))

@@ -16,7 +16,7 @@ import polars as pl
 import yaml
 
 from codeinterp.access.models import read_facts
-from codeinterp.report import activations, circuit, failure, lens, patching, probes, representation, tasks
+from codeinterp.report import activations, circuit, compare_weights, failure, lens, patching, probes, representation, tasks
 from codeinterp.report.charts import Charts, ci, curve, finding, fmt, heatmap, points, scatter, table
 from codeinterp.uncertainty import Bootstrap, pass_at_k_summary
 
@@ -281,6 +281,7 @@ SECTIONS = {
     "activation_patching": ("Activation patching", patching.section),
     "attribution_vs_exact": ("Attribution patching against exact patching", patching.attribution_section),
     "circuit_curve": ("Circuits (EAP-IG, verified by edge patching)", circuit.section),
+    "compare_weights": ("Comparing models: weights head by head", compare_weights.section),
 }
 
 STYLE = """
