@@ -163,3 +163,14 @@ def test_rule_compares_two_configured_models(tmp_path):
     table = pl.read_parquet(tmp_path / out)
     assert table["singular_vectors"].max() == 3 and set(table["model_a"]) == {"m0"}
     assert table.filter(pl.col("level") == "head")["cosine"].abs().max() < 0.5  # two random initialisations
+
+
+@pytest.mark.parametrize("shape", [(12, 40), (40, 12)])
+def test_gram_singular_vectors_span_the_svd_subspaces(shape):
+    from codeinterp.analyses.compare_weights import _dense, _overlap
+
+    M = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(M, full_matrices=False)
+    norm, left, right = _dense(M, 5)
+    assert abs(norm - float(s.norm())) < 1e-9
+    assert abs(_overlap(left, u[:, :5]) - 1) < 1e-9 and abs(_overlap(right, vh[:5].t()) - 1) < 1e-9

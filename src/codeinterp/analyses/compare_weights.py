@@ -53,8 +53,17 @@ def _low_rank(A: torch.Tensor, B: torch.Tensor, k: int):
 
 
 def _dense(M: torch.Tensor, k: int):
-    u, s, vh = torch.linalg.svd(M.double(), full_matrices=False)
-    return float(s.norm()), u[:, :k], vh[:k].t()
+    """Frobenius norm and top-k left/right singular vectors of M, from the eigenvectors of the
+    smaller Gram matrix (an MLP matrix is D x I with I several times D: a full SVD costs more)."""
+    M = M.double()
+    wide = M.shape[0] <= M.shape[1]
+    gram = M @ M.t() if wide else M.t() @ M
+    values, vectors = torch.linalg.eigh(gram)  # ascending
+    top = vectors[:, -k:].flip(1)
+    scale = values[-k:].flip(0).clamp_min(1e-300).sqrt()
+    other = (M.t() @ top if wide else M @ top) / scale
+    left, right = (top, other) if wide else (other, top)
+    return float(M.norm()), left, right
 
 
 def _overlap(U: torch.Tensor, V: torch.Tensor) -> float:
