@@ -136,3 +136,21 @@ def test_report_section_opens_with_the_measured_separation(tmp_path):
     assert f"accuracy {last['knn_accuracy']:.3g} (95% CI" in html and "n = 400 tokens of 10 problems" in html
     spec = Ctx.charts.specs[0][1]
     assert spec["params"][0]["name"] == "colour_by" and len(Ctx.charts.specs) == 1
+
+
+def test_umap_of_repeated_vectors_is_the_same_in_every_process():
+    # Layer 0 holds token embeddings, repeated for every repeated token: UMAP's spectral start
+    # then varied from process to process (a seeded run differed from the next one).
+    import subprocess
+    import sys
+
+    code = ("import hashlib, numpy as np\n"
+            "from codeinterp.analyses.representation import project\n"
+            "base = np.random.default_rng(0).normal(size=(60, 32)).astype(np.float32)\n"
+            "x = base[np.random.default_rng(1).integers(0, 60, size=624)]\n"
+            "xy, _ = project(x, 'umap', 0)\n"
+            "assert np.array_equal(xy[np.all(x == x[0], axis=1)], np.repeat(xy[:1], int(np.all(x == x[0], axis=1).sum()), 0))\n"
+            "print(hashlib.sha256(xy.tobytes()).hexdigest())\n")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    assert runs[0].stdout.split()[-1] == runs[1].stdout.split()[-1]
