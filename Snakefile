@@ -7,6 +7,7 @@ min_version("9.0")
 
 include: "rules/common.smk"
 include: "rules/models.smk"
+include: "rules/finetune.smk"
 include: "rules/datasets.smk"
 include: "rules/generation.smk"
 include: "rules/evaluation.smk"

@@ -38,6 +38,12 @@ config.clear()
 config.update(_canonical)
 
 MODELS = sorted(config["models"])
+# Made by rule finetune from a configured base model; every other model by prepare_model.
+FINETUNED = [m for m in MODELS if config["models"][m]["source"] == "finetune"]
+PREPARED = [m for m in MODELS if m not in FINETUNED]
+# A pattern that matches no name when the list is empty.
+FINETUNED_PATTERN = "|".join(map(re.escape, FINETUNED)) or "(?!)"
+PREPARED_PATTERN = "|".join(map(re.escape, PREPARED)) or "(?!)"
 DATASETS = sorted(config["datasets"])
 
 
@@ -64,6 +70,16 @@ def is_task(dataset):
 
 BENCHMARK_DATASETS = [d for d in DATASETS if not is_task(d)]
 TASK_DATASETS = [d for d in DATASETS if is_task(d)]
+
+
+def datasets_of(model):
+    """The datasets a model is analysed on: its `datasets:` list, else every configured one."""
+    chosen = config["models"][model].get("datasets")
+    return [d for d in DATASETS if chosen is None or d in chosen]
+
+
+def benchmarks_of(model):
+    return [d for d in datasets_of(model) if not is_task(d)]
 
 
 wildcard_constraints:
@@ -200,9 +216,9 @@ def task_outputs(model, dataset):
 
 def tuned_lens_for_tasks(wc):
     """The tuned lens of the same model trained on the first benchmark dataset, if any."""
-    if not (config["tuned_lens"]["enabled"] and config["activations"]["enabled"] and BENCHMARK_DATASETS):
+    if not (config["tuned_lens"]["enabled"] and config["activations"]["enabled"] and benchmarks_of(wc.model)):
         return []
-    return [f"results/{wc.model}/{BENCHMARK_DATASETS[0]}/lens/tuned_lens.safetensors"]
+    return [f"results/{wc.model}/{benchmarks_of(wc.model)[0]}/lens/tuned_lens.safetensors"]
 
 
 def comparison_outputs():
@@ -211,12 +227,61 @@ def comparison_outputs():
             for a, b in config["comparisons"]["weights"]}
 
 
+def finetune_outputs():
+    """Report key "{model}|finetune|finetune_<kind>" -> the variant's training tables."""
+    return {f"{m}|finetune|finetune_{kind}": f"results/{m}/finetune/{name}"
+            for m in FINETUNED
+            for kind, name in (("heldout", "heldout.parquet"), ("training", "training.parquet"),
+                               ("record", "finetune.json"))}
+
+
+def compare_models_files(a, b):
+    """"kind|side|dataset" -> table that compare_models reads, for the analyses that are on."""
+    files = {}
+    shared = [d for d in datasets_of(a) if d in datasets_of(b)]
+    for side, m in (("a", a), ("b", b)):
+        for d in [d for d in shared if not is_task(d)]:
+            base = f"results/{m}/{d}"
+            files[f"pass_at_k|{side}|{d}"] = f"{base}/pass_at_k.parquet"
+            if config["lens"]["enabled"]:
+                files[f"lens|{side}|{d}"] = f"{base}/lens_layers.parquet"
+            if config["ablation"]["enabled"]:
+                files[f"deltas|{side}|{d}"] = f"{base}/ablation/head_deltas.parquet"
+            if config["taylor"]["enabled"]:
+                files[f"taylor|{side}|{d}"] = f"{base}/pruning/taylor_targets.parquet"
+        if config["circuit"]["enabled"]:
+            for d in [d for d in shared if is_task(d)]:
+                files[f"circuit|{side}|{d}"] = f"results/{m}/{d}/circuit/edges.parquet"
+    return files
+
+
+def compare_models_outputs():
+    """Report key "{a} vs {b}|all|compare_<kind>" -> the pair's tables."""
+    outs = {}
+    for a, b in config["comparisons"]["models"]:
+        base = f"results/comparisons/{a}__{b}/models"
+        outs[f"{a} vs {b}|all|compare_models"] = f"{base}/overlap.parquet"
+        for kind in ("heads", "lens", "pass_at_k", "circuits"):
+            outs[f"{a} vs {b}|all|compare_{kind}"] = f"{base}/{kind}.parquet"
+    return outs
+
+
+def head_union_outputs():
+    """Report key "{model}|all|head_union" -> the model's table (ablation on, two benchmarks or more)."""
+    if not (config["comparisons"]["head_union"] and config["ablation"]["enabled"]):
+        return {}
+    return {f"{m}|all|head_union": f"results/{m}/heads_union.parquet" for m in MODELS if len(benchmarks_of(m)) > 1}
+
+
 def final_outputs():
     outs = ["reports/report.html"]
+    outs.extend(finetune_outputs().values())
     for m in MODELS:
-        for d in DATASETS:
+        for d in datasets_of(m):
             outs.extend(analysis_outputs(m, d).values())
     outs.extend(comparison_outputs().values())
+    outs.extend(compare_models_outputs().values())
+    outs.extend(head_union_outputs().values())
     return outs
 
 
@@ -231,10 +296,13 @@ def targets_inputs(wc):
 def report_inputs(wc):
     inputs = {"models": [model_dir(m) for m in MODELS]}
     for m in MODELS:
-        for d in DATASETS:
+        for d in datasets_of(m):
             for kind, path in analysis_outputs(m, d).items():
                 inputs[f"{m}|{d}|{kind}"] = path
             if not is_task(d):
                 inputs[f"{m}|{d}|targets"] = f"results/{m}/{d}/targets.parquet"
     inputs.update(comparison_outputs())
+    inputs.update(finetune_outputs())
+    inputs.update(compare_models_outputs())
+    inputs.update(head_union_outputs())
     return inputs

@@ -3,6 +3,8 @@ rule prepare_model:
         directory("resources/models/{model}"),
     params:
         spec=lambda wc: model_spec(wc.model),
+    wildcard_constraints:
+        model=PREPARED_PATTERN,
     conda:
         "../envs/codeinterp.yaml"
     log:

@@ -4,6 +4,7 @@ rule taylor_pruning:
         targets="results/{model}/{dataset}/targets.parquet",
     output:
         history="results/{model}/{dataset}/pruning/taylor_history.json",
+        per_target="results/{model}/{dataset}/pruning/taylor_targets.parquet",
         table=report(
             "results/{model}/{dataset}/pruning/taylor_history.parquet",
             caption="../reports/captions/taylor.rst",

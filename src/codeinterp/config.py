@@ -87,19 +87,55 @@ def check_semantics(config: dict) -> list[str]:
     for name, spec in sorted(config["models"].items()):
         if spec.get("source") == "tiny-random":
             problems += _tiny_problems(name, spec)
+    problems += _finetune_problems(config)
     problems += _comparison_problems(config)
+    return problems
+
+
+def _finetune_defaults(config: dict) -> None:
+    # Only finetune models get the training settings' defaults: filled into every model, they
+    # would change every other model's spec (and rerun its prepare_model).
+    models = config.get("models")
+    if isinstance(models, dict):
+        for spec in models.values():
+            if isinstance(spec, dict) and spec.get("source") == "finetune":
+                spec.setdefault("finetune", {})
+
+
+def _finetune_problems(config: dict) -> list[str]:
+    problems, models = [], config["models"]
+    for name, spec in sorted(models.items()):
+        unknown = [d for d in spec.get("datasets") or [] if d not in config["datasets"]]
+        if unknown:
+            problems.append(f"models.{name}.datasets: {unknown[0]!r} is not a configured dataset "
+                            f"({', '.join(sorted(config['datasets']))})")
+        if spec["source"] != "finetune":
+            if "base" in spec or "finetune" in spec:
+                problems.append(f"models.{name}: base and finetune are settings of source: finetune models")
+            continue
+        base = spec.get("base")
+        if base is None:
+            problems.append(f"models.{name}.base: required for source: finetune (the configured model it trains)")
+        elif base not in models:
+            problems.append(f"models.{name}.base: {base!r} is not a configured model ({', '.join(sorted(models))})")
+        elif models[base]["source"] == "finetune":
+            problems.append(f"models.{name}.base: {base!r} is itself a finetune model; train from its base instead")
+        ft = spec["finetune"]
+        if ft["split"] is not None and ft["split"] == ft["heldout_split"]:
+            problems.append(f"models.{name}.finetune.heldout_split: {ft['split']!r} is also the training split")
     return problems
 
 
 def _comparison_problems(config: dict) -> list[str]:
     problems, models = [], config["models"]
-    for i, pair in enumerate(config["comparisons"]["weights"]):
-        unknown = [m for m in pair if m not in models]
-        if unknown:
-            problems.append(f"comparisons.weights[{i}]: {unknown[0]!r} is not a configured model "
-                            f"({', '.join(sorted(models))})")
-        elif pair[0] == pair[1]:
-            problems.append(f"comparisons.weights[{i}]: a model compared with itself ({pair[0]})")
+    for key in ("weights", "models"):
+        for i, pair in enumerate(config["comparisons"][key]):
+            unknown = [m for m in pair if m not in models]
+            if unknown:
+                problems.append(f"comparisons.{key}[{i}]: {unknown[0]!r} is not a configured model "
+                                f"({', '.join(sorted(models))})")
+            elif pair[0] == pair[1]:
+                problems.append(f"comparisons.{key}[{i}]: a model compared with itself ({pair[0]})")
     return problems
 
 
@@ -122,6 +158,7 @@ def validate_config(config: dict, schema_path: str | Path, log_path: str | Path 
     Every problem found is written to `log_path`, so nothing is lost by showing one.
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
+    _finetune_defaults(config)
     problems = check_schema(config, schema)
     if not problems:
         from snakemake.utils import validate

@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 
 from codeinterp.access.models import load_model
-from codeinterp.analyses.pruning import history_frame, taylor_pruning
+from codeinterp.analyses.pruning import TARGET_SCORES_SCHEMA, history_frame, taylor_pruning, taylor_target_scores
 from codeinterp.access.scoring import targets_from_frame
 from codeinterp.uncertainty import Bootstrap
 from codeinterp.progress import Progress
@@ -28,6 +28,7 @@ def main(smk):
         log.warning("discarding stale checkpoint %s (targets, model or settings changed)", checkpoint)
         previous = None
     history = []
+    per_target = pl.DataFrame(schema=TARGET_SCORES_SCHEMA)
     if targets:
         fill = ablation_fill(model, targets, kind, t["batch_size"])
         progress = Progress("taylor_pruning", t["iterations"] + 1, log, "iterations")
@@ -44,7 +45,9 @@ def main(smk):
             fill=fill, pad_id=tokenizer.pad_token_id or 0,
         )
         progress.close()
+        per_target = taylor_target_scores(model, targets, t["batch_size"], fill, tokenizer.pad_token_id or 0)
     write_json({"key": key, "settings": settings, "history": history}, smk.output.history)
+    write_parquet(per_target, smk.output.per_target)
     write_parquet(with_ids(history_frame(history, Bootstrap.from_config(smk.params.config)), smk), smk.output.table)
     checkpoint.unlink(missing_ok=True)
 

@@ -47,7 +47,8 @@ def _check_targets(targets: list[Target], batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
 
-def _gradients(model, targets: list[Target], batch_size: int, alive: torch.Tensor, fill=None, pad_id: int = 0):
+def _gradients(model, targets: list[Target], batch_size: int, alive: torch.Tensor, fill=None, pad_id: int = 0,
+               per_target_grads: dict | None = None):
     """Per-target mask gradients at mask `alive`: (abs-mean scores [L, H] with NaN for pruned
     heads, signed first-order estimate of each head's removal effect [L, H], per-target losses).
 
@@ -65,6 +66,8 @@ def _gradients(model, targets: list[Target], batch_size: int, alive: torch.Tenso
         keep = alive.unsqueeze(0).expand(n, *alive.shape).clone().requires_grad_(True)
         losses = code_losses(model, b, keep, fill)
         (g,) = torch.autograd.grad(losses.sum(), keep)
+        if per_target_grads is not None:
+            per_target_grads.update(zip(b.target_ids, g.detach().double()))
         abs_sum += g.abs().sum(0).double()
         signed_sum -= g.sum(0).double()
         per_target.update(zip(b.target_ids, losses.detach().double().tolist()))
@@ -92,6 +95,24 @@ def taylor_scores(
         norms = torch.nan_to_num(scores, nan=0.0).norm(dim=1, keepdim=True)
         scores = scores / torch.where(norms > 0, norms, torch.ones_like(norms))
     return scores
+
+
+TARGET_SCORES_SCHEMA = {"layer": pl.Int64, "head": pl.Int64, "target_id": pl.Utf8, "taylor": pl.Float64,
+                        "first_order": pl.Float64}
+
+
+def taylor_target_scores(model, targets: list[Target], batch_size: int, fill=None, pad_id: int = 0) -> pl.DataFrame:
+    """Each target's own Taylor score |dL/dmask| and first-order estimate -dL/dmask of every
+    head of the unpruned model (long: layer, head, target_id), so that rankings by Taylor
+    score can be bootstrapped over targets like the exact ablation deltas."""
+    grads: dict = {}
+    _gradients(model, targets, batch_size, full_mask(model), fill, pad_id, per_target_grads=grads)
+    n_layers, n_heads = full_mask(model).shape
+    rows = [(l, h, tid, float(g[l, h].abs()), float(-g[l, h]))
+            for tid, g in sorted(grads.items()) for l in range(n_layers) for h in range(n_heads)]
+    layer, head, tid, taylor, first = (list(c) for c in zip(*rows)) if rows else ([], [], [], [], [])
+    return pl.DataFrame({"layer": layer, "head": head, "target_id": tid, "taylor": taylor, "first_order": first},
+                        schema=TARGET_SCORES_SCHEMA).sort("layer", "head", "target_id")
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ import polars as pl
 import yaml
 
 from codeinterp.access.models import read_facts
-from codeinterp.report import activations, circuit, compare_weights, failure, lens, patching, probes, representation, tasks
+from codeinterp.report import (activations, circuit, compare_models, compare_weights, failure, finetune, lens, patching,
+                               probes, representation, tasks)
 from codeinterp.report.charts import Charts, ci, curve, finding, fmt, heatmap, points, scatter, table
 from codeinterp.uncertainty import Bootstrap, pass_at_k_summary
 
@@ -255,9 +256,11 @@ def _subsets(files: dict, ctx: Context) -> str:
             + table(df))
 
 
-SIDE_INPUTS = ("tokens", "probe_projection", "circuit_svg", "circuit_edges", "attribution_patching")
+SIDE_INPUTS = ("tokens", "probe_projection", "circuit_svg", "circuit_edges", "attribution_patching", "finetune_training",
+               "finetune_record", "compare_heads", "compare_lens", "compare_pass_at_k", "compare_circuits")
 
 SECTIONS = {
+    "finetune_heldout": ("Fine-tuned variants", finetune.section),
     "pass_at_k": ("pass@k", _pass_at_k),
     "verdicts": ("Verdicts", _verdicts),
     "activations": ("Activation cache and token labels", lambda files, ctx: activations.section(files, ctx, ctx.side("tokens"))),
@@ -282,6 +285,8 @@ SECTIONS = {
     "attribution_vs_exact": ("Attribution patching against exact patching", patching.attribution_section),
     "circuit_curve": ("Circuits (EAP-IG, verified by edge patching)", circuit.section),
     "compare_weights": ("Comparing models: weights head by head", compare_weights.section),
+    "compare_models": ("Comparing models: the heads and layers that matter", compare_models.section),
+    "head_union": ("Heads that matter across benchmarks", compare_models.union_section),
 }
 
 STYLE = """
