@@ -35,6 +35,9 @@ def test_replay_verdicts(tmp_path):
     jsonl = tmp_path / "samples.jsonl"
     jsonl.write_text("".join(json.dumps(s) + "\n" for s in samples))
     cfg = yaml.safe_load((REPO / "tests/configs/tiny.yaml").read_text())
+    # One model: the fine-tuned variant and the comparisons are not what this test is about.
+    cfg["models"] = {"tiny-llama": cfg["models"]["tiny-llama"]}
+    cfg.pop("comparisons", None)
     cfg["datasets"] = {"humaneval": {"ids": ids}}
     cfg["generation"].update(backend="replay", samples=str(jsonl))
     cfg["evaluation"].update(timeout_s=3, cpu_s=3, memory_mb=512)

@@ -208,6 +208,9 @@ def _config(tmp_path: Path) -> Path:
     import yaml
 
     cfg = yaml.safe_load(TINY.read_text())
+    # One model: the fine-tuned variant and the comparisons are not what this test is about.
+    cfg["models"] = {"tiny-llama": cfg["models"]["tiny-llama"]}
+    cfg.pop("comparisons", None)
     cfg["datasets"] = {"mbpp": cfg["datasets"]["mbpp"]}
     cfg["generation"]["batch_size"] = 1
     cfg["ablation"]["batch_size"] = 1

@@ -57,6 +57,9 @@ STAGES = ("generate", "evaluate", "head_ablation", "activation_patching", "cache
 
 def _run(workdir: Path, shards: int) -> dict[str, bytes]:
     cfg = yaml.safe_load(TINY.read_text())
+    # One model: the fine-tuned variant and the comparisons are not what this test is about.
+    cfg["models"] = {"tiny-llama": cfg["models"]["tiny-llama"]}
+    cfg.pop("comparisons", None)
     cfg["datasets"] = {"mbpp": {"split": "test", "limit": 5}, "brackets": {"benchmark": "brackets", "pairs": 6,
                                                                          "max_depth": 3}}
     # Sampling with two samples per problem: each shard must keep its batches' seeds.
