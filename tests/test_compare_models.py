@@ -150,3 +150,44 @@ def test_per_target_taylor_scores_average_to_the_taylor_scores(tiny_models):
     alone = taylor_target_scores(model, targets[:1], 1)
     both = per.filter(pl.col("target_id") == "t0").sort("layer", "head")
     assert np.allclose(alone["taylor"].to_numpy(), both["taylor"].to_numpy(), rtol=1e-4, atol=1e-6)
+
+
+def _write_pair_files(tmp_path, name: str, n_layers: int, n_heads: int, top: int, targets: list[str]):
+    from codeinterp.access.models import ModelFacts
+
+    d = tmp_path / name
+    d.mkdir()
+    (d / "facts.json").write_text(ModelFacts("llama", n_layers, n_heads, n_heads, 8, 32, 100, 128, 1000, "test").to_json())
+    rows = [{"layer": j // n_heads, "head": j % n_heads, "target_id": t, "ablation": "zero",
+             "delta": (1.0 if j == top else 0.01 * j) + 0.001 * i, "taylor": 0.5 if j == top else 0.0}
+            for i, t in enumerate(targets) for j in range(n_layers * n_heads)]
+    df = pl.DataFrame(rows)
+    df.drop("taylor").write_parquet(d / "deltas.parquet")
+    df.select("layer", "head", "target_id", "taylor").write_parquet(d / "taylor.parquet")
+    pl.DataFrame({"lens": ["logit"] * (n_layers + 1), "split": "all", "segment": "all", "outcome": "all",
+                  "layer": list(range(n_layers + 1)), "cross_entropy": [3.0 - l for l in range(n_layers + 1)],
+                  "n_targets": len(targets)}).write_parquet(d / "lens.parquet")
+    pl.DataFrame({"problem_id": ["p0", "p1"], "n": [1, 1], "c": [1, 0], "pass@1": [1.0, 0.0]}).write_parquet(d / "pass.parquet")
+    return d
+
+
+def test_compare_pair_across_architectures_reads_every_table(tmp_path):
+    from codeinterp.analyses.compare_models import compare_pair
+
+    targets = [f"t{i}" for i in range(6)]
+    a = _write_pair_files(tmp_path, "a", 2, 4, top=7, targets=targets)    # last head of layer 1 of 2
+    b = _write_pair_files(tmp_path, "b", 6, 2, top=9, targets=targets)    # layer 4 of 6: the same depth
+    files = {}
+    for side, d in (("a", a), ("b", b)):
+        files.update({f"deltas|{side}|humaneval": str(d / "deltas.parquet"), f"taylor|{side}|humaneval": str(d / "taylor.parquet"),
+                      f"lens|{side}|humaneval": str(d / "lens.parquet"), f"pass_at_k|{side}|humaneval": str(d / "pass.parquet")})
+    out = compare_pair(("A", "B"), {"a": str(a), "b": str(b)}, files, "zero", 1, BOOT)
+    overlap = out["overlap"].sort("ranking")
+    assert overlap["ranking"].to_list() == ["taylor", "zero"]
+    assert not overlap["grids_match"].any() and overlap["jaccard"].is_nan().all()
+    assert overlap["depth_overlap"].to_list() == [1.0, 1.0]
+    assert out["lens"].filter(pl.col("model") == "B")["depth"].to_list() == pytest.approx([i / 6 for i in range(7)])
+    assert out["pass_at_k"]["pass@1"].to_list() == [0.5, 0.5] and out["pass_at_k"]["n_problems"].to_list() == [2, 2]
+    assert out["circuits"].is_empty()
+    top = out["heads"].filter(pl.col("in_top_k") & (pl.col("ranking") == "zero"))
+    assert sorted(zip(top["model"], top["layer"], top["head"])) == [("A", 1, 3), ("B", 4, 1)]
