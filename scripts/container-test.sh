@@ -27,11 +27,13 @@ fail() { red "container-test: $*"; exit 1; }
 step_start=$SECONDS
 step() { echo "container-test: $* ($((SECONDS - step_start)) s so far)"; }
 
+source "$repo/scripts/apt-retry.sh"
+
 apt_install() {
   [ "$(id -u)" = 0 ] || fail "need root to install $* (or install them first)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$@" >/dev/null
+  apt_retry update -qq
+  apt_retry install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 ensure_docker() {

@@ -84,14 +84,16 @@ wait_for() {  # wait_for <seconds> <command...>
   return 1
 }
 
+source "$repo/scripts/apt-retry.sh"
+
 install() {
   [ "$(id -u)" = 0 ] || fail "run as root (it starts slurmctld, slurmd, slurmdbd and MariaDB)"
   local pkgs="slurm-wlm slurmdbd munge mariadb-server" missing=0 p
   for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing=1; done
   if [ $missing = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=600 update -qq
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $pkgs >/dev/null
+    apt_retry update -qq
+    apt_retry install -y -qq --no-install-recommends $pkgs >/dev/null
   fi
   [ -x "$py" ] || bash "$repo/scripts/setup.sh"
   "$py" -c "import snakemake_executor_plugin_slurm" 2>/dev/null \
