@@ -87,12 +87,34 @@ wildcard_constraints:
     dataset="|".join(map(re.escape, DATASETS)),
 
 
+def runs(stage, model, dataset):
+    """Whether analysis `stage` runs for this model on this dataset: on in the config, and in the
+    model's and the dataset's `analyses:` lists when they have one."""
+    if not config[stage]["enabled"]:
+        return False
+    for spec in (config["models"][model], config["datasets"][dataset]):
+        chosen = spec.get("analyses")
+        if chosen is not None and stage not in chosen:
+            return False
+    return True
+
+
+def ablated_benchmarks(model):
+    """The model's benchmark datasets with single-head ablation (what head_union reads)."""
+    return [d for d in benchmarks_of(model) if runs("ablation", model, d)]
+
+
+# Keys that choose what runs rather than what the model or dataset is: a change to them must
+# not rerun prepare_model or prepare_dataset (and everything after).
+SELECTION_KEYS = ("datasets", "analyses")
+
+
 def model_spec(model):
-    return config["models"][model]
+    return {k: v for k, v in config["models"][model].items() if k not in SELECTION_KEYS}
 
 
 def dataset_spec(dataset):
-    spec = dict(config["datasets"][dataset])
+    spec = {k: v for k, v in config["datasets"][dataset].items() if k not in SELECTION_KEYS}
     spec["benchmark"] = benchmark_of(dataset)
     spec["seed"] = config["seed"]
     return spec
@@ -152,62 +174,71 @@ def analysis_outputs(model, dataset):
     base = f"results/{model}/{dataset}"
     if is_task(dataset):
         return task_outputs(model, dataset)
+    on = lambda stage: runs(stage, model, dataset)
     outs = {"verdicts": f"{base}/verdicts.parquet", "pass_at_k": f"{base}/pass_at_k.parquet"}
-    if config["lens"]["enabled"]:
+    if on("lens"):
         outs["lens_layers"] = f"{base}/lens_layers.parquet"
-    outs.update(cache_outputs(base))
-    if config["failure_probe"]["enabled"]:
+    outs.update(cache_outputs(model, dataset))
+    if on("failure_probe"):
         outs["failure_probe"] = f"{base}/failure/failure_probe.parquet"
-    ablation = config["ablation"]["enabled"]
-    if ablation:
+    if on("ablation"):
         outs["head_matrix"] = f"{base}/ablation/head_matrix.parquet"
         if config["ablation"]["knockout"]:
             outs["knockout"] = f"{base}/ablation/knockout.parquet"
-    if config["taylor"]["enabled"]:
+    if on("taylor"):
         outs["taylor_history"] = f"{base}/pruning/taylor_history.parquet"
-        if ablation:
+        if on("ablation"):
             outs["taylor_vs_exact"] = f"{base}/pruning/taylor_vs_exact.parquet"
             outs["taylor_vs_exact_heads"] = f"{base}/pruning/taylor_vs_exact_heads.parquet"
-            if config["pruned_eval"]["enabled"]:
+            if on("pruned_eval"):
                 outs["pruned_eval"] = f"{base}/pruning/pruned_eval.parquet"
-            if config["subset_search"]["enabled"]:
+            if on("subset_search"):
                 outs["subset_compare"] = f"{base}/subset_search/compare.parquet"
     return outs
 
 
-def cache_outputs(base):
+def cache_outputs(model, dataset):
     """The activation cache, the token table, and the stages that read them."""
-    if not config["activations"]["enabled"]:
+    if not runs("activations", model, dataset):
         return {}
+    base = f"results/{model}/{dataset}"
     outs = {"tokens": f"{base}/tokens.parquet", "activations": f"{base}/activations"}
-    if config["tuned_lens"]["enabled"]:
+    if runs("tuned_lens", model, dataset):
         outs["tuned_training"] = f"{base}/lens/tuned_training.parquet"
-    if config["probes"]["enabled"]:
+    if runs("probes", model, dataset):
         outs["probes"] = f"{base}/probes/probes.parquet"
         outs["probe_projection"] = f"{base}/probes/projection.parquet"
-    if config["representation_map"]["enabled"]:
+    if runs("representation_map", model, dataset):
         outs["representation_map"] = f"{base}/representation/points.parquet"
     return outs
+
+
+def tuned_lens_of(model, dataset):
+    """The tuned lens's translators of this model on this benchmark dataset, when trained."""
+    if runs("tuned_lens", model, dataset) and runs("activations", model, dataset):
+        return [f"results/{model}/{dataset}/lens/tuned_lens.safetensors"]
+    return []
 
 
 def task_outputs(model, dataset):
     """The causal analyses of one generated task (codeinterp.causal)."""
     base = f"results/{model}/{dataset}"
+    on = lambda stage: runs(stage, model, dataset)
     outs = {"pairs": f"{base}/pairs.parquet"}
-    if config["task_accuracy"]["enabled"]:
+    if on("task_accuracy"):
         outs["task_accuracy"] = f"{base}/causal/task_accuracy.parquet"
-    if config["task_lens"]["enabled"]:
+    if on("task_lens"):
         outs["task_lens"] = f"{base}/causal/task_lens.parquet"
-    if config["sublayer_ablation"]["enabled"]:
+    if on("sublayer_ablation"):
         outs["sublayer_ablation"] = f"{base}/causal/sublayer_ablation.parquet"
-    if config["head_roles"]["enabled"] and benchmark_of(dataset) == "brackets":
+    if on("head_roles") and benchmark_of(dataset) == "brackets":
         outs["head_roles"] = f"{base}/causal/head_roles.parquet"
-    if config["activation_patching"]["enabled"]:
+    if on("activation_patching"):
         outs["activation_patching"] = f"{base}/patching/activation_patching.parquet"
-        if config["attribution_patching"]["enabled"]:
+        if on("attribution_patching"):
             outs["attribution_patching"] = f"{base}/patching/attribution_patching.parquet"
             outs["attribution_vs_exact"] = f"{base}/patching/attribution_vs_exact.parquet"
-    if config["circuit"]["enabled"]:
+    if on("circuit"):
         outs["circuit_curve"] = f"{base}/circuit/faithfulness.parquet"
         outs["circuit_edges"] = f"{base}/circuit/edges.parquet"
         outs["circuit_svg"] = f"{base}/circuit/circuit.svg"
@@ -215,10 +246,11 @@ def task_outputs(model, dataset):
 
 
 def tuned_lens_for_tasks(wc):
-    """The tuned lens of the same model trained on the first benchmark dataset, if any."""
-    if not (config["tuned_lens"]["enabled"] and config["activations"]["enabled"] and benchmarks_of(wc.model)):
-        return []
-    return [f"results/{wc.model}/{benchmarks_of(wc.model)[0]}/lens/tuned_lens.safetensors"]
+    """The tuned lens of the same model trained on its first benchmark dataset that has one, if any."""
+    for d in benchmarks_of(wc.model):
+        if tuned_lens_of(wc.model, d):
+            return tuned_lens_of(wc.model, d)
+    return []
 
 
 def comparison_outputs():
@@ -239,19 +271,19 @@ def compare_models_files(a, b):
     """"kind|side|dataset" -> table that compare_models reads, for the analyses that are on."""
     files = {}
     shared = [d for d in datasets_of(a) if d in datasets_of(b)]
+    both = lambda stage, d: runs(stage, a, d) and runs(stage, b, d)
     for side, m in (("a", a), ("b", b)):
         for d in [d for d in shared if not is_task(d)]:
             base = f"results/{m}/{d}"
             files[f"pass_at_k|{side}|{d}"] = f"{base}/pass_at_k.parquet"
-            if config["lens"]["enabled"]:
+            if both("lens", d):
                 files[f"lens|{side}|{d}"] = f"{base}/lens_layers.parquet"
-            if config["ablation"]["enabled"]:
+            if both("ablation", d):
                 files[f"deltas|{side}|{d}"] = f"{base}/ablation/head_deltas.parquet"
-            if config["taylor"]["enabled"]:
+            if both("taylor", d):
                 files[f"taylor|{side}|{d}"] = f"{base}/pruning/taylor_targets.parquet"
-        if config["circuit"]["enabled"]:
-            for d in [d for d in shared if is_task(d)]:
-                files[f"circuit|{side}|{d}"] = f"results/{m}/{d}/circuit/edges.parquet"
+        for d in [d for d in shared if is_task(d) and both("circuit", d)]:
+            files[f"circuit|{side}|{d}"] = f"results/{m}/{d}/circuit/edges.parquet"
     return files
 
 
@@ -268,9 +300,10 @@ def compare_models_outputs():
 
 def head_union_outputs():
     """Report key "{model}|all|head_union" -> the model's table (ablation on, two benchmarks or more)."""
-    if not (config["comparisons"]["head_union"] and config["ablation"]["enabled"]):
+    if not config["comparisons"]["head_union"]:
         return {}
-    return {f"{m}|all|head_union": f"results/{m}/heads_union.parquet" for m in MODELS if len(benchmarks_of(m)) > 1}
+    return {f"{m}|all|head_union": f"results/{m}/heads_union.parquet" for m in MODELS
+            if len(ablated_benchmarks(m)) > 1}
 
 
 def final_outputs():
@@ -297,9 +330,10 @@ def report_inputs(wc):
     inputs = {"models": [model_dir(m) for m in MODELS]}
     for m in MODELS:
         for d in datasets_of(m):
-            for kind, path in analysis_outputs(m, d).items():
+            outs = analysis_outputs(m, d)
+            for kind, path in outs.items():
                 inputs[f"{m}|{d}|{kind}"] = path
-            if not is_task(d):
+            if not is_task(d) and set(outs) - {"verdicts", "pass_at_k"}:
                 inputs[f"{m}|{d}|targets"] = f"results/{m}/{d}/targets.parquet"
     inputs.update(comparison_outputs())
     inputs.update(finetune_outputs())

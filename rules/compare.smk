@@ -56,11 +56,11 @@ rule head_union:
     input:
         model=lambda wc: model_dir(wc.model),
         deltas=lambda wc: expand("results/{model}/{dataset}/ablation/head_deltas.parquet", model=wc.model,
-                                 dataset=benchmarks_of(wc.model)),
+                                 dataset=ablated_benchmarks(wc.model)),
     output:
         "results/{model}/heads_union.parquet",
     params:
-        datasets=lambda wc: benchmarks_of(wc.model),
+        datasets=lambda wc: ablated_benchmarks(wc.model),
         top_k=config["comparisons"]["top_k"],
         rank_by=config["ablation"]["rank_by"],
         config=bootstrap_params(),

@@ -3,11 +3,7 @@ rule layer_lens:
         model=lambda wc: model_dir(wc.model),
         targets="results/{model}/{dataset}/targets.parquet",
         # The tuned lens's translators (and its held-out problems), when it is trained.
-        tuned=lambda wc: (
-            [f"results/{wc.model}/{wc.dataset}/lens/tuned_lens.safetensors"]
-            if config["tuned_lens"]["enabled"] and config["activations"]["enabled"]
-            else []
-        ),
+        tuned=lambda wc: tuned_lens_of(wc.model, wc.dataset),
     output:
         tokens="results/{model}/{dataset}/lens_tokens.parquet",
         layers=report(

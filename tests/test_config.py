@@ -40,7 +40,7 @@ def test_valid_config_fills_defaults():
 
 
 @pytest.mark.parametrize("cfg, expected", [
-    (tiny(datasets={"mbpp": {"limitt": 2}}), "config: datasets.mbpp.limitt: unknown key (allowed: benchmark, ids, limit, max_depth, pairs, sample, sources, split)"),
+    (tiny(datasets={"mbpp": {"limitt": 2}}), "config: datasets.mbpp.limitt: unknown key (allowed: analyses, benchmark, ids, limit, max_depth, pairs, sample, sources, split)"),
     (tiny(colour="red"), "config: colour: unknown key"),
     (tiny(generation__n="two"), "config: generation.n: 'two' is not of type 'integer'"),
     (tiny(generation__backend="gpu"), "config: generation.backend: 'gpu' is not one of transformers, vllm, replay"),
@@ -51,6 +51,9 @@ def test_valid_config_fills_defaults():
     (tiny(models={"t": {"source": "tiny-random", "tiny": {"n_heads": 6, "n_kv_heads": 4}}}), "models.t.tiny"),
     (tiny(activations={"enabled": False}), "config: tuned_lens.enabled: tuned_lens reads cached residuals"),
     (tiny(activations={"sites": ["mlp"]}, tuned_lens={"enabled": False}), "config: probes.enabled: probes reads cached residuals"),
+    (tiny(datasets={"mbpp": {"analyses": ["lens", "probes"]}}), "config: datasets.mbpp.analyses: probes reads the output of activations; add activations to the list"),
+    (tiny(models={"t": {"source": "tiny-random", "analyses": ["taylor", "pruned_eval"]}}), "config: models.t.analyses: pruned_eval reads the output of ablation"),
+    (tiny(models={"t": {"source": "tiny-random", "analyses": ["lenz"]}}), "config: models.t.analyses.0: 'lenz' is not one of lens, activations"),
 ])
 def test_one_line_naming_the_key(cfg, expected, tmp_path):
     message = problem(cfg, tmp_path)
@@ -72,4 +75,4 @@ def test_snakemake_prints_one_line(tmp_path):
                            "-n", "--cores", "1", "--configfile", str(bad)], capture_output=True, text=True)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "working directory" not in ln]
-    assert lines == ["codeinterp error: config: datasets.mbpp.limitt: unknown key (allowed: benchmark, ids, limit, max_depth, pairs, sample, sources, split)"]
+    assert lines == ["codeinterp error: config: datasets.mbpp.limitt: unknown key (allowed: analyses, benchmark, ids, limit, max_depth, pairs, sample, sources, split)"]

@@ -70,7 +70,14 @@ def test_tiny_pipeline_ends_in_report(tiny_run):
         verdicts = pl.read_parquet(tiny_run / f"results/tiny-llama/{dataset}/verdicts.parquet")
         gens = pl.read_parquet(tiny_run / f"results/tiny-llama/{dataset}/generations.parquet")
         assert len(verdicts) == len(gens) > 0
-        assert (tiny_run / f"results/tiny-llama/{dataset}/lens_layers.parquet").exists()
+        # LiveCodeBench's `analyses: []`: pass@k, and neither targets nor analyses.
+        analysed = dataset != "livecodebench"
+        assert (tiny_run / f"results/tiny-llama/{dataset}/lens_layers.parquet").exists() == analysed
+        assert (tiny_run / f"results/tiny-llama/{dataset}/targets.parquet").exists() == analysed
+    # The variant's `analyses: [lens, ablation, taylor]`: what compare_models reads, nothing else.
+    ft = tiny_run / "results/tiny-llama-ft/humaneval"
+    assert (ft / "ablation/head_deltas.parquet").exists() and (ft / "pruning/taylor_targets.parquet").exists()
+    assert not (ft / "activations").exists() and not (ft / "failure").exists()
     facts = yaml.safe_load((tiny_run / "resources/models/tiny-llama/facts.json").read_text())
     assert facts["n_kv_heads"] == 2
 
@@ -86,7 +93,8 @@ def test_generation_change_reruns_only_dependants(tiny_run, tmp_path):
     changed.write_text(yaml.safe_dump(cfg, sort_keys=True))  # key order differs from tiny.yaml: not a change
     jobs = planned_jobs(tiny_run, changed)
     # Three benchmarks of tiny-llama and one of its fine-tuned variant; compare_models reads pass@k.
-    assert jobs == {"all": 1, "generate": 4, "evaluate": 4, "pruned_eval": 4, "failure_probe": 4, "compare_models": 1,
+    # Pruned models and failure probes: tiny-llama on the two benchmarks it is analysed on.
+    assert jobs == {"all": 1, "generate": 4, "evaluate": 4, "pruned_eval": 2, "failure_probe": 2, "compare_models": 1,
                     "report": 1}
 
 

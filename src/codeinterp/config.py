@@ -87,6 +87,7 @@ def check_semantics(config: dict) -> list[str]:
     for name, spec in sorted(config["models"].items()):
         if spec.get("source") == "tiny-random":
             problems += _tiny_problems(name, spec)
+    problems += _analyses_problems(config)
     problems += _finetune_problems(config)
     problems += _comparison_problems(config)
     return problems
@@ -136,6 +137,26 @@ def _comparison_problems(config: dict) -> list[str]:
                                 f"({', '.join(sorted(models))})")
             elif pair[0] == pair[1]:
                 problems.append(f"comparisons.{key}[{i}]: a model compared with itself ({pair[0]})")
+    return problems
+
+
+# What each analysis reads from another (rules/common.smk nests their outputs the same way).
+ANALYSIS_NEEDS = {"tuned_lens": ("activations",), "probes": ("activations",), "representation_map": ("activations",),
+                  "pruned_eval": ("ablation", "taylor"), "subset_search": ("ablation", "taylor"),
+                  "attribution_patching": ("activation_patching",)}
+
+
+def _analyses_problems(config: dict) -> list[str]:
+    """A model's or dataset's `analyses:` list must hold what its analyses read."""
+    problems = []
+    for section in ("models", "datasets"):
+        for name, spec in sorted(config[section].items()):
+            chosen = spec.get("analyses")
+            for stage in chosen or []:
+                missing = [n for n in ANALYSIS_NEEDS.get(stage, ()) if n not in chosen]
+                if missing:
+                    problems.append(f"{section}.{name}.analyses: {stage} reads the output of {missing[0]}; "
+                                    f"add {missing[0]} to the list")
     return problems
 
 
