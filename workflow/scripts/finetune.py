@@ -1,3 +1,5 @@
+import time
+
 from codeinterp.access.finetune import finetune, training_targets
 from codeinterp.access.models import load_model, resolve_chat, save_canonical
 from codeinterp.benchmarks.datasets import load_problems, select_problems
@@ -15,8 +17,9 @@ def main(smk):
     heldout = select_problems(problems, split=settings["heldout_split"], sample=settings["heldout_limit"], seed=seed)
     train_frame = training_targets(train, tokenizer, chat, settings["max_tokens"])
     heldout_frame = training_targets(heldout, tokenizer, chat, settings["max_tokens"])
+    t0 = time.perf_counter()
     model, training, held = finetune(model, tokenizer, train_frame, heldout_frame, settings, seed)
-    record = {"base": spec["base"], "settings": settings, "seed": seed, "chat": chat,
+    record = {"seconds": round(time.perf_counter() - t0, 1), "threads": int(smk.threads),"base": spec["base"], "settings": settings, "seed": seed, "chat": chat,
               "train_targets": train_frame["target_id"].to_list(),
               "heldout_targets": heldout_frame["target_id"].to_list()}
     write_parquet(training, smk.output.training)

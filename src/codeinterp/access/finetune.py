@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import numpy as np
 import polars as pl
@@ -29,8 +28,9 @@ from codeinterp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TRAINING_SCHEMA = {"step": pl.Int64, "loss": pl.Float64, "n_targets": pl.Int64, "learning_rate": pl.Float64,
-                   "seconds": pl.Float64}
+# No wall-clock column: the same config gives the same bytes; the rule writes its timing to
+# finetune.json.
+TRAINING_SCHEMA = {"step": pl.Int64, "loss": pl.Float64, "n_targets": pl.Int64, "learning_rate": pl.Float64}
 HELDOUT_SCHEMA = {"target_id": pl.Utf8, "problem_id": pl.Utf8, "base_loss": pl.Float64, "variant_loss": pl.Float64,
                   "n_code_tokens": pl.Int64}
 
@@ -102,7 +102,6 @@ def train(model, targets: list[Target], settings: dict, seed: int, pad_id: int):
     model.train()
     rows = []
     for step, idx in enumerate(_batch_order(len(targets), settings["steps"], settings["batch_size"], seed)):
-        t0 = time.perf_counter()
         lr = _learning_rate(step, settings)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -115,8 +114,7 @@ def train(model, targets: list[Target], settings: dict, seed: int, pad_id: int):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
         opt.step()
-        rows.append({"step": step, "loss": float(loss.detach()), "n_targets": len(idx), "learning_rate": lr,
-                     "seconds": time.perf_counter() - t0})
+        rows.append({"step": step, "loss": float(loss.detach()), "n_targets": len(idx), "learning_rate": lr})
         log.info("finetune step %d/%d: loss %.4f", step + 1, settings["steps"], rows[-1]["loss"])
     if lora:
         model = net.merge_and_unload()
