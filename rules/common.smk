@@ -4,6 +4,7 @@ from pathlib import Path
 
 import yaml
 
+from codeinterp.benchmarks.datasets import check_selection
 from codeinterp.config import validate_config
 from codeinterp.errors import ConfigError
 
@@ -66,6 +67,16 @@ for _name in DATASETS:
 
 def is_task(dataset):
     return benchmark_of(dataset) in TASKS
+
+
+# Unknown problem ids or splits: one line now, rather than from prepare_dataset after other
+# datasets' jobs have written output.
+try:
+    for _name in DATASETS:
+        if benchmark_of(_name) in BENCHMARKS:
+            check_selection(_name, config["datasets"][_name], DATA_DIR)
+except ConfigError as _err:
+    raise SystemExit(f"codeinterp error: {_err}") from None
 
 
 BENCHMARK_DATASETS = [d for d in DATASETS if not is_task(d)]

@@ -51,6 +51,7 @@ def test_valid_config_fills_defaults():
     (tiny(models={"t": {"source": "tiny-random", "tiny": {"n_heads": 6, "n_kv_heads": 4}}}), "models.t.tiny"),
     (tiny(activations={"enabled": False}), "config: tuned_lens.enabled: tuned_lens reads cached residuals"),
     (tiny(activations={"sites": ["mlp"]}, tuned_lens={"enabled": False}), "config: probes.enabled: probes reads cached residuals"),
+    (tiny(generation__backend="replay", generation__samples="/nonexistent/s.jsonl"), "config: generation.samples: no such file: /nonexistent/s.jsonl"),
     (tiny(datasets={"mbpp": {"analyses": ["lens", "probes"]}}), "config: datasets.mbpp.analyses: probes reads the output of activations; add activations to the list"),
     (tiny(models={"t": {"source": "tiny-random", "analyses": ["taylor", "pruned_eval"]}}), "config: models.t.analyses: pruned_eval reads the output of ablation"),
     (tiny(models={"t": {"source": "tiny-random", "analyses": ["lenz"]}}), "config: models.t.analyses.0: 'lenz' is not one of lens, activations"),

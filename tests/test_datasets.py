@@ -312,3 +312,15 @@ def test_selftest_livecodebench_handwritten(frames):
     assert [v.status for v in good] == ["passed"] * len(rows), [(v.status, v.message) for v in good]
     bad = _evaluate([(LCB_WRONG[r["problem_id"]], r["test_type"], r["tests"]) for r in rows])
     assert [v.status for v in bad] == ["failed"] * len(rows), [(v.status, v.message) for v in bad]
+
+
+def test_selection_is_checked_with_the_key_named():
+    from codeinterp.benchmarks.datasets import check_selection
+
+    check_selection("mbpp", {"split": "test", "ids": ["Mbpp/11"]}, DATA)  # a valid selection passes
+    with pytest.raises(ConfigError, match=r"^config: datasets\.he\.ids: unknown problem id 'HumanEval/9999'"):
+        check_selection("he", {"benchmark": "humaneval", "ids": ["HumanEval/9999"]}, DATA)
+    with pytest.raises(ConfigError, match=r"^config: datasets\.mbpp\.split: unknown split 'nope'"):
+        check_selection("mbpp", {"split": "nope"}, DATA)
+    with pytest.raises(ConfigError, match=r"datasets\.mbpp\.ids: problem id 'Mbpp/11' listed twice"):
+        check_selection("mbpp", {"ids": ["Mbpp/11", "Mbpp/11"]}, DATA)

@@ -83,6 +83,9 @@ def check_semantics(config: dict) -> list[str]:
             "ablation.rank_by: mean ablation cannot be baked into a pruned vLLM checkpoint (o_proj has no bias "
             "to hold the mean); use generation.backend: transformers or rank_by: zero"
         )
+    if gen["backend"] == "replay" and gen.get("samples") and not Path(gen["samples"]).is_file():
+        # Checked here, before any job: found missing by generate, it would follow model and dataset preparation.
+        problems.append(f"generation.samples: no such file: {gen['samples']}")
     problems += _cache_readers(config)
     for name, spec in sorted(config["models"].items()):
         if spec.get("source") == "tiny-random":

@@ -386,6 +386,19 @@ def select_problems(
     return df
 
 
+def check_selection(name: str, spec: dict, data_dir: str | Path) -> None:
+    """Raise ConfigError naming `datasets.<name>` when its split or ids select nothing valid:
+    checked when the workflow is parsed, before any job writes output."""
+    if spec.get("ids") is None and spec.get("split") is None:
+        return
+    problems = load_problems(spec.get("benchmark", name), data_dir)
+    try:
+        select_problems(problems, ids=spec.get("ids"), split=spec.get("split"))
+    except ConfigError as err:
+        key = "split" if str(err).startswith("unknown split") else "ids"
+        raise ConfigError(f"config: datasets.{name}.{key}: {err}") from None
+
+
 def write_problems(df: pl.DataFrame, path: str | Path) -> None:
     """Write ``df`` to parquet at ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
