@@ -6,17 +6,20 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CODEINTERP_VENV:-$repo/.venv}"
 python="${PYTHON:-python3}"
+# CI installs the later stages' Debian packages beside this script (scripts/ci-prefetch.sh):
+# apt-get's locks do not wait, so every call is retried.
+source "$repo/scripts/apt-retry.sh"
 
 # The sandbox prefers bubblewrap; without it (or without root) it falls back to rlimits
 # and records that in every verdict.
 if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap) >/dev/null 2>&1 \
+  (apt_retry update -qq && apt_retry install -y -qq --no-install-recommends bubblewrap) >/dev/null 2>&1 \
     || echo "setup: could not install bubblewrap; the sandbox will use rlimits only" >&2
 fi
 
 # Circuit drawings need graphviz's `dot` (Debian package graphviz).
 if ! command -v dot >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  (apt-get update -qq && apt-get install -y -qq --no-install-recommends graphviz) >/dev/null 2>&1 \
+  (apt_retry update -qq && apt_retry install -y -qq --no-install-recommends graphviz) >/dev/null 2>&1 \
     || echo "setup: could not install graphviz; the circuit stage will stop with a message" >&2
 fi
 

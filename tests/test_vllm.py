@@ -117,6 +117,8 @@ def _transformers_greedy(model, tok, ids: list[int], stop: list[str]) -> tuple[l
 
 def _skip_without_vllm() -> None:
     if not _vllm_available():
+        if os.environ.get("CODEINTERP_REQUIRE_VLLM") == "1":  # CI: a missing engine is a failure
+            pytest.fail(f"CODEINTERP_REQUIRE_VLLM=1 but {VLLM_PYTHON} cannot import vllm")
         pytest.skip(f"vLLM venv absent: {VLLM_PYTHON} cannot import vllm (run scripts/install-vllm.sh)")
 
 
