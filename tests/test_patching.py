@@ -1,6 +1,7 @@
 """Exact activation patching and its attribution estimate, on answers known in advance."""
 
 import json
+import logging
 
 import polars as pl
 import pytest
@@ -109,3 +110,29 @@ def test_report_sections_state_their_n_and_draw_the_scatter(tmp_path):
     assert "<td>atp*</td>" in second
     titles = [json.dumps(spec) for _, spec in ctx.charts.specs]
     assert any("estimate against exact" in t and "atp*" in t for t in titles)
+
+
+def test_long_causal_stages_log_their_progress_with_the_time_left(pairs, caplog):
+    """Patching, its estimate and the circuit stage report progress as they go (one line per
+    step when there are ten or fewer), ending with every step done."""
+    from codeinterp.causal.circuit import discover
+
+    caplog.set_level(logging.INFO, logger="codeinterp")
+    model = build("llama")
+    sweep(model, pairs[:4], window=1, batch_size=2, kinds=["resid", "head"], directions=["denoising"],
+          corruptions=["counterfactual", "noise"], noise_scale=3.0, noise_samples=2, seed=0)
+    estimate(model, pairs[:4], batch_size=2, kinds=["resid"], directions=["denoising"],
+             corruptions=["counterfactual"], noise_scale=3.0, noise_samples=1, seed=0)
+    discover(model, pairs[:4], steps=2, target=0.8, sizes=3, batch_size=2, boot=Bootstrap(50, 0.95, 0))
+    text = [r.getMessage() for r in caplog.records]
+
+    def progress_of(name):
+        return [t for t in text if t.startswith(name + ": ")]
+
+    # 4 pairs in 2 batches x (1 counterfactual + 2 noise samples) x 1 direction x 2 sites = 12 sweeps
+    sweeps = progress_of("activation_patching")
+    assert sweeps[-1].startswith("activation_patching: 12/12 site sweeps (100%)") and len(sweeps) <= 12
+    assert any("left" in t for t in sweeps[:-1])
+    assert progress_of("attribution_patching")[-1].startswith("attribution_patching: 2/2 pair batches (100%)")
+    assert progress_of("circuit EAP-IG")[-1].startswith("circuit EAP-IG: 4/4 gradient steps (100%)")
+    assert progress_of("circuit patching")[-1].endswith("elapsed")

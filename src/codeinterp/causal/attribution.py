@@ -82,7 +82,7 @@ def estimate(model, pairs, *, kinds, directions, corruptions, noise_scale: float
     # The QK fix reads dM/dA from the head outputs' gradient.
     names = site_names(model, tuple(hooked + (["head"] if qk_kinds and "head" not in hooked else [])))
     rows = []
-    for batch in pair_batches(pairs, batch_size, pad_id):
+    for batch in pair_batches(pairs, batch_size, pad_id, progress="attribution_patching"):
         for corruption in corruptions:
             noises = [None] if corruption == "counterfactual" else list(
                 embedding_noise(model, batch, noise_scale, noise_samples, seed))

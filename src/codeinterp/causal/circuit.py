@@ -26,7 +26,8 @@ import polars as pl
 import torch
 
 from codeinterp.access.edges import EdgeRunner
-from codeinterp.causal.pairs import PairBatch, pair_batches
+from codeinterp.causal.pairs import PairBatch, n_batches, pair_batches
+from codeinterp.progress import Progress
 from codeinterp.causal.sublayer import ratio_interval
 from codeinterp.uncertainty import Bootstrap
 
@@ -43,6 +44,7 @@ def eap_ig_scores(model, pairs, steps: int, batch_size: int, pad_id: int = 0) ->
         raise ValueError("EAP-IG needs at least one pair")
     model.requires_grad_(False)
     total, runner = None, None
+    progress = Progress("circuit EAP-IG", n_batches(pairs, batch_size) * steps, unit="gradient steps")
     for i, batch in enumerate(pair_batches(pairs, batch_size, pad_id)):
         runner = EdgeRunner(model, batch.mask)
         with torch.no_grad():
@@ -70,8 +72,10 @@ def eap_ig_scores(model, pairs, steps: int, batch_size: int, pad_id: int = 0) ->
                 _metric(runner, final, batch).sum().backward()
             for j, t in enumerate(runner.targets):
                 grads[j] += inputs[t].grad.flatten().float()
+            progress.advance()
         scores = (delta.float() @ grads.t()).double() / steps  # [U, V], summed over pairs and positions
         total = scores if total is None else total + scores
+    progress.close()
     return (total / len(pairs)).float() * runner.edge_mask(), runner
 
 
@@ -146,6 +150,7 @@ def patched_metrics(model, pairs, circuits: list[torch.Tensor], batch_size: int,
     """[len(circuits) + 2, N]: the metric of each circuit's edge-patched run per pair, then the
     clean and the corrupted run's (the graph checked against the model on the first batch)."""
     rows = []
+    progress = Progress("circuit patching", n_batches(pairs, batch_size) * len(circuits), unit="circuit runs")
     for i, batch in enumerate(pair_batches(pairs, batch_size, pad_id)):
         runner = EdgeRunner(model, batch.mask)
         clean_emb, bad_emb = runner.runner.embed(batch.clean), runner.runner.embed(batch.corrupt)
@@ -160,8 +165,10 @@ def patched_metrics(model, pairs, circuits: list[torch.Tensor], batch_size: int,
         for edges in circuits:
             _, final = runner.forward(clean_emb, _combine_for(edges, runner, bad_outs, prefix))
             col.append(_metric(runner, final, batch))
+            progress.advance()
         col += [_metric(runner, clean_final, batch), _metric(runner, bad_final, batch)]
         rows.append(torch.stack(col))
+    progress.close()
     return torch.cat(rows, 1).numpy()
 
 

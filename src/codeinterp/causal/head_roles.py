@@ -49,7 +49,7 @@ def head_measures(model, pairs: list[Pair], batch_size: int, pad_id: int = 0) ->
     U = lay.unembed.weight.float()
     names = [f"head.{l}" for l in range(n)] + [f"resid.{n}"]
     out = {k: [] for k in ("dla", "proj", "attn_open", "attn_closed", "logit_diff", "rest", "depth", "n_closed")}
-    for batch in pair_batches(pairs, batch_size, pad_id):
+    for batch in pair_batches(pairs, batch_size, pad_id, progress="head_roles"):
         B = len(batch)
         rows = torch.arange(B)
         with capture(model, names, select=lambda v: v[rows, batch.last]) as got:

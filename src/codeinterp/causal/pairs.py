@@ -46,6 +46,8 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
+from codeinterp.progress import Progress
+
 PAIR_COLUMNS = (
     "pair_id", "task", "source", "kind", "depth", "n_closed", "clean_prompt", "corrupt_prompt",
     "clean_answer", "corrupt_answer", "answer_prefix", "clean_ids", "corrupt_ids", "clean_token",
@@ -127,9 +129,21 @@ def make_pair_batch(pairs: list[Pair], pad_id: int = 0) -> PairBatch:
                      torch.tensor([p.corrupt_token for p in pairs]))
 
 
-def pair_batches(pairs: list[Pair], batch_size: int, pad_id: int = 0):
-    for i in range(0, len(pairs), batch_size):
+def pair_batches(pairs: list[Pair], batch_size: int, pad_id: int = 0, progress: str | None = None):
+    """Batches of `batch_size` pairs; with `progress` (the stage's name) a line with the time
+    left as batches finish (codeinterp.progress)."""
+    starts = range(0, len(pairs), batch_size)
+    bar = Progress(progress, len(starts), unit="pair batches") if progress else None
+    for i in starts:
         yield make_pair_batch(pairs[i : i + batch_size], pad_id)
+        if bar is not None:
+            bar.advance()
+    if bar is not None:
+        bar.close()
+
+
+def n_batches(pairs: list[Pair], batch_size: int) -> int:
+    return -(-len(pairs) // batch_size)
 
 
 def last_logits(logits: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

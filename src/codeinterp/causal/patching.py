@@ -28,7 +28,8 @@ import torch
 from codeinterp.access.architectures import BlockRunner, RunnerMismatch, layout
 from codeinterp.access.attention import probe
 from codeinterp.access.hooks import capture, edit_site, site_names
-from codeinterp.causal.pairs import PairBatch, logit_diff, normalised, pair_batches
+from codeinterp.causal.pairs import PairBatch, logit_diff, n_batches, normalised, pair_batches
+from codeinterp.progress import Progress
 
 KINDS = ("resid", "attn", "mlp", "head", "head_q", "head_k")
 QK = ("head_q", "head_k")
@@ -249,6 +250,8 @@ def sweep(model, pairs, *, kinds, directions, corruptions, window: int, noise_sc
     rows = []
     checked = not check_first
     pairs_per_batch = max(1, min(len(pairs), batch_size))
+    runs = sum(1 if c == "counterfactual" else noise_samples for c in corruptions) * len(directions) * len(kinds)
+    progress = Progress("activation_patching", n_batches(pairs, pairs_per_batch) * runs, unit="site sweeps")
     for batch in pair_batches(pairs, pairs_per_batch, pad_id):
         T = batch.clean.shape[1]
         live = list(range(_first_span(batch), T))
@@ -272,6 +275,8 @@ def sweep(model, pairs, *, kinds, directions, corruptions, window: int, noise_sc
                             filled = torch.stack([patcher.target_metric] * len(skipped)) if skipped else None
                             rows.extend(_rows(batch, patcher, skipped, filled, corruption, sample, direction, window,
                                               tokenizer, computed=False))
+                        progress.advance()
+    progress.close()
     table = pl.DataFrame(rows)
     if table.is_empty():
         return table

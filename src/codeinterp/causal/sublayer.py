@@ -50,7 +50,7 @@ def site_means(model, pairs: list[Pair], names: list[str], batch_size: int, pad_
     """Each site's mean [D] over the clean prompts' real positions (padding excluded), float32."""
     total: dict[str, torch.Tensor] = {}
     count = 0
-    for batch in pair_batches(pairs, batch_size, pad_id):
+    for batch in pair_batches(pairs, batch_size, pad_id, progress="sublayer_ablation means"):
         real = batch.mask.bool()
         with capture(model, names, select=lambda v: v[real].float().sum(0)) as got:
             model(input_ids=batch.clean, attention_mask=batch.mask)
@@ -135,7 +135,7 @@ def ablate(model, pairs: list[Pair], kinds: list[str], batch_size: int, pad_id: 
     means = site_means(model, pairs, names, batch_size, pad_id) if "mean" in kinds else {}
     rows = []
     checked = not check_first
-    for batch in pair_batches(pairs, batch_size, pad_id):
+    for batch in pair_batches(pairs, batch_size, pad_id, progress="sublayer_ablation"):
         ablator = Ablator(model, batch, means)
         if not checked:
             ablator.check([Ablation("attn", 0, kinds[0]), Ablation("mlp", n - 1, kinds[-1])])

@@ -65,7 +65,7 @@ def task_accuracy(model, pairs: list[Pair], batch_size: int, boot: Bootstrap, pa
     """One row per (pair, prompt) (`level` = pair) and the means by source, kind and depth and
     over all pairs (`level` = group; source/kind "all" and depth -1 mark the pooled rows)."""
     rows = []
-    for batch in pair_batches(pairs, batch_size, pad_id):
+    for batch in pair_batches(pairs, batch_size, pad_id, progress="task_accuracy"):
         for prompt, ids, right, wrong in (("clean", batch.clean, batch.clean_token, batch.corrupt_token),
                                           ("corrupt", batch.corrupt, batch.corrupt_token, batch.clean_token)):
             stats = answer_stats(_forward(model, ids, batch), right, wrong)
@@ -90,7 +90,7 @@ def task_lens(model, pairs: list[Pair], batch_size: int, boot: Bootstrap, pad_id
     n = len(lay.blocks)
     names = site_names(model, ("resid",))
     rows = []
-    for batch in pair_batches(pairs, batch_size, pad_id):
+    for batch in pair_batches(pairs, batch_size, pad_id, progress="task_lens"):
         idx = torch.arange(len(batch))
         with capture(model, names, select=lambda v: v[idx, batch.last]) as got:
             out = _forward(model, batch.clean, batch)
