@@ -136,3 +136,24 @@ def test_the_copying_head_and_its_two_edges_are_the_circuit():
     assert kept == {("input", f"L{layer}H{head}"), (f"L{layer}H{head}", "logits")}
     chosen = curve.filter(pl.col("chosen")).row(0, named=True)
     assert chosen["edges"] == 2 and abs(chosen["faithfulness"] - 1) < 1e-4
+
+
+def test_a_large_circuit_draws_only_its_strongest_edges_and_says_so():
+    """A circuit of thousands of edges (a whole model's graph) is drawn as its strongest
+    MAX_DRAWN edges (dot did not finish a 44,371-edge one in 13 minutes); the title names both
+    counts."""
+    from codeinterp.causal.draw import MAX_DRAWN
+
+    rng = np.random.default_rng(0)
+    up = [f"L{l}H{h}" for l in range(12) for h in range(9)] + [f"MLP{l}" for l in range(12)]
+    rows = [(u, f"L{l}H{h}") for u in ["input"] + up for l in range(12) for h in range(9)
+            if (u == "input" or int(u.lstrip("MLPH").split("H")[0]) < l)]
+    rows = rows[:3000]
+    scores = rng.normal(size=len(rows))
+    scores[7] = 50.0  # the strongest edge must be drawn
+    edges = pl.DataFrame({"upstream": [r[0] for r in rows], "downstream": [r[1] for r in rows],
+                          "score": scores, "in_circuit": [True] * len(rows)})
+    svg = circuit_svg(edges, "whole graph")
+    assert svg.count('class="edge"') == MAX_DRAWN
+    assert f"the {MAX_DRAWN:,} strongest of its 3,000 edges drawn" in svg
+    assert "50" in svg and f"{rows[7][0]}&#45;&gt;{rows[7][1]}" in svg

@@ -9,6 +9,7 @@ from pathlib import Path
 import altair as alt
 import polars as pl
 
+from codeinterp.causal.draw import MAX_DRAWN
 from codeinterp.report.charts import ci, finding, fmt, table
 
 TOP = 15
@@ -24,7 +25,8 @@ def section(files: dict, ctx) -> str:
              "corrupted prompt's value: faithfulness is its logit difference over the full model's, 0 for the "
              "corrupted run and 1 for the clean run (a ratio of means over pairs, with a 95% bootstrap interval that resamples pairs). The "
              "chosen circuit is the smallest tried that reaches the configured faithfulness; its drawing shows edges "
-             "as wide as their |score|, blue when they help the right answer, red when they work against it.</p>"]
+             "as wide as their |score|, blue when they help the right answer, red when they work against it (of a "
+             f"circuit larger than {MAX_DRAWN} edges, the {MAX_DRAWN} strongest; the edge table holds all).</p>"]
     for (m, d), path in sorted(files.items()):
         curve = pl.read_parquet(path)
         parts.append(f"<h3>{html.escape(m)} / {html.escape(d)}</h3>")
