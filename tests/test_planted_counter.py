@@ -200,13 +200,13 @@ def test_head_roles_flags_the_planted_head_as_counting_open_brackets(counter, op
     assert (table["n"] == len(opened)).all()
 
 
-@pytest.mark.xfail(strict=True, reason="head_roles ranks float rounding noise (|proj| ~ 1e-9) as a count")
 def test_head_roles_flags_nothing_where_no_head_writes_along_the_closer_direction(counter, tmp_path):
     """On the main pairs the clean prompts end balanced (answer prefix appended), so the planted
     head's COUNT, and with it every head's direct logit attribution, is exactly 0 on every clean
-    prompt: no head can track a count there. Today head_roles flags the planted head as counting
-    (rho_depth = -0.8, interval low end -0.96) from projections of about 1e-9 logits, which
-    are the float rounding of a sum of +k and -k terms."""
+    prompt: no head can track a count there. Projections of about 1e-9 logits, the float rounding
+    of a sum of +k and -k terms, once made head_roles flag the planted head as counting
+    (rho_depth = -0.8, interval low end -0.96); below the residual stream's resolution they read
+    as 0."""
     head_roles = pytest.importorskip("codeinterp.causal.head_roles")
     model, tok = counter
     main = read_pairs(write_pairs(counter_pairs(tok, n=24), tmp_path / "pairs.parquet"))

@@ -12,7 +12,11 @@ For every head, at the last position of each clean brackets prompt:
   direction (the unit vector of the clean answer token's unembedding minus the counterfactual
   one's, after the linearised norm: the head's DLA per unit of that direction's length) with
   the number of closed pairs and with the number of still-open brackets (the depth), with
-  bootstrap intervals over pairs.
+  bootstrap intervals over pairs. A projection below the float resolution of the residual stream
+  at that position (eps of the compute dtype x the norm of the linearised final state: the
+  largest a rounding of that state can move any unit-direction projection) is rounding, not
+  signal, and is read as 0: a head whose output cancels to zero in exact arithmetic (+k and -k
+  terms) must not rank its rounding noise as a count.
 
 The linearised norm is a first-order reading: the scale of the final norm is frozen at the
 clean run's last residual state (as TransformerLens does with ln_final's cached scale), so
@@ -55,6 +59,7 @@ def head_measures(model, pairs: list[Pair], batch_size: int, pad_id: int = 0) ->
         with capture(model, names, select=lambda v: v[rows, batch.last]) as got:
             res = model(input_ids=batch.clean, attention_mask=batch.mask, output_attentions=True)
         final = got[f"resid.{n}"][0].float()  # [B, D]
+        eps = torch.finfo(got[f"resid.{n}"][0].dtype).eps
         direction = U[batch.clean_token] - U[batch.corrupt_token]  # [B, D]
         unit = direction.norm(dim=-1).clamp_min(1e-12)  # [B]
         dla = torch.zeros(B, n, H)
@@ -65,7 +70,10 @@ def head_measures(model, pairs: list[Pair], batch_size: int, pad_id: int = 0) ->
             normed = lay.frozen_norm(final[:, None, :].expand_as(parts), parts)
             dla[:, l] = (normed * direction[:, None]).sum(-1)
             proj[:, l] = dla[:, l] / unit[:, None]
-        whole = (lay.frozen_norm(final, final) * direction).sum(-1)
+        whole_normed = lay.frozen_norm(final, final)
+        whole = (whole_normed * direction).sum(-1)
+        resolution = eps * whole_normed.norm(dim=-1)  # [B]
+        proj = torch.where(proj.abs() <= resolution[:, None, None], torch.zeros_like(proj), proj)
         attn = torch.stack([a[rows, :, batch.last] for a in res.attentions], 1).float()  # [B, n, H, T]
         for i, p in enumerate(batch.pairs):
             out["attn_open"].append(attn[i][..., list(p.open_positions)].sum(-1).numpy())
