@@ -85,6 +85,7 @@ def test_the_planted_counting_path_is_the_circuit(tmp_path):
     assert 0.8 < point[1] < 1  # without the weak direct read: most of it
     curve, edges = discover(model, pairs, steps=5, target=0.999, sizes=12, batch_size=6, boot=BOOT)
     chosen = curve.filter(pl.col("chosen")).row(0, named=True)
+    assert chosen["heads"] == 1  # L0H2
     assert chosen["edges"] == 4 and chosen["reaches_target"] and abs(chosen["faithfulness"] - 1) < 1e-4
     assert set(edges.filter(pl.col("in_circuit")).select("upstream", "downstream").rows()) == PLANTED_PATH
     assert edges["rank"].to_list() == list(range(len(edges))) and (edges["n"] == len(pairs)).all()
@@ -157,3 +158,27 @@ def test_a_large_circuit_draws_only_its_strongest_edges_and_says_so():
     assert svg.count('class="edge"') == MAX_DRAWN
     assert f"the {MAX_DRAWN:,} strongest of its 3,000 edges drawn" in svg
     assert "50" in svg and f"{rows[7][0]}&#45;&gt;{rows[7][1]}" in svg
+
+
+def test_a_circuit_without_heads_moves_nothing_between_positions(tmp_path):
+    """MLPs work position by position: when the prompts differ before the last position, a
+    circuit of MLP edges only gives exactly the corrupted run (faithfulness 0), and the report
+    says why (SmolLM2's variable-binding circuits of up to 384 edges were such chains)."""
+    model = build("llama")
+    pairs = _random_pairs()  # differ at position 4 of 7-8
+    runner = EdgeRunner(model, make_pair_batch(pairs).mask)
+    t, n = runner.targets.index, runner.nodes.index
+    chain = torch.zeros(len(runner.nodes), len(runner.targets), dtype=torch.bool)
+    chain[n("input"), t("MLP0")] = chain[n("MLP0"), t("MLP1")] = chain[n("MLP1"), t("logits")] = True
+    values = patched_metrics(model, pairs, [chain], batch_size=4)
+    np.testing.assert_array_equal(values[0], values[2])
+    assert (values[1] != values[2]).any()  # the pairs do differ at the end
+    curve = pl.DataFrame({"edges_requested": [0, 3, 10], "edges": [0, 3, 10], "heads": [0, 0, 2],
+                          "faithfulness": [0.0, 0.0, 0.9], "faithfulness_ci_low": [0.0, 0.0, 0.8],
+                          "faithfulness_ci_high": [0.0, 0.0, 1.0], "n": [6] * 3, "chosen": [False, False, True],
+                          "reaches_target": [True] * 3, "target": [0.8] * 3})
+    curve.write_parquet(tmp_path / "curve.parquet")
+    ctx = Context({}, {})
+    ctx.side_inputs = {}
+    page = section({("m", "d"): str(tmp_path / "curve.parquet")}, ctx)
+    assert "Circuits of up to 3 edges hold no attention head" in page

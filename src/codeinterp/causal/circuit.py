@@ -199,7 +199,11 @@ def discover(model, pairs, *, steps: int, target: float, sizes: int, batch_size:
     measured = patched_metrics(model, pairs, firsts, batch_size, pad_id)
     values = np.concatenate([measured[which], measured[-2:]])
     point, low, high = faithfulness(values, boot)
+    # A circuit without a head moves nothing between positions: when the prompts differ before the
+    # last position, its faithfulness is exactly 0, whatever its size (the report says so).
+    is_head = torch.tensor([t.startswith("L") for t in runner.targets])
     curve = pl.DataFrame({"edges_requested": ks, "edges": [int(c.sum()) for c in circuits],
+                          "heads": [int(c[:, is_head].any(0).sum()) for c in circuits],
                           "faithfulness": point, "faithfulness_ci_low": low, "faithfulness_ci_high": high,
                           "n": [values.shape[1]] * len(ks)})
     reached = curve.filter((pl.col("faithfulness") >= target) & (pl.col("edges") > 0))

@@ -39,6 +39,13 @@ def section(files: dict, ctx) -> str:
             f"A circuit of {fmt(c['edges'])} of {fmt(total)} edges has faithfulness "
             f"{ci(c['faithfulness'], c['faithfulness_ci_low'], c['faithfulness_ci_high'])} on n = {fmt(c['n'])} pairs; "
             f"it {reach} the target {fmt(c['target'])}."))
+        headless = curve.filter((pl.col("edges") > 0) & (pl.col("heads") == 0)) if "heads" in curve.columns else curve.clear()
+        if len(headless):
+            h = headless.sort("edges").row(-1, named=True)
+            parts.append(finding(
+                f"Circuits of up to {fmt(h['edges'])} edges hold no attention head (faithfulness "
+                f"{fmt(h['faithfulness'])} at that size): without a head nothing moves from the differing tokens to "
+                "the last position, so the strongest edges alone do not make a working circuit here."))
         shown = curve.filter(pl.col("edges") > 0).with_columns(
             pl.col("faithfulness_ci_low").fill_nan(pl.col("faithfulness")),
             pl.col("faithfulness_ci_high").fill_nan(pl.col("faithfulness")))
