@@ -2,6 +2,7 @@
 # Build the project's image and run the tiny pipeline inside it (CI; docs/deployment.md).
 #   bash scripts/container-test.sh [DIR]     # DIR/work is the mounted work directory (default: a temp dir)
 #   bash scripts/container-test.sh --prepare # only docker and the base image (CI starts this early)
+#   bash scripts/container-test.sh --build   # also the image, without running it (needs .venv)
 # Installs docker.io and debootstrap from Debian and starts dockerd when none answers (root only).
 # No registry is needed: the base image is a debootstrap of Debian bookworm imported into
 # docker, and pip installs from a wheelhouse of the host's .venv (same versions, the CPU torch).
@@ -18,8 +19,8 @@ image="${IMAGE:-codeinterp:ci}"
 # Bump the tag when the package list below changes, so that old bases are not reused.
 base_packages="python3,python3-venv,graphviz,bubblewrap,ca-certificates"
 base="${BASE:-codeinterp/base:bookworm-1}"
-prepare_only=0
-if [ "${1:-}" = "--prepare" ]; then prepare_only=1; shift; fi
+upto=run
+case "${1:-}" in --prepare) upto=base; shift ;; --build) upto=image; shift ;; esac
 dir="${1:-$(mktemp -d /tmp/codeinterp-container.XXXXXX)}"
 if [ -n "${RUN_AS:-}" ]; then run_as="$RUN_AS"
 elif [ "$(id -u)" = 0 ]; then run_as="4242:4242"
@@ -123,7 +124,8 @@ run_tiny() {
 mkdir -p "$cache"
 ensure_docker;  step "docker ready"
 ensure_base;    step "base image $base ready"
-[ "$prepare_only" = 0 ] || exit 0
+[ "$upto" != base ] || exit 0
 make_context;   step "build context and wheelhouse ready"
 build_image;    step "image $image built"
+[ "$upto" != image ] || exit 0
 run_tiny;       step "tiny pipeline ran in the container"
