@@ -114,3 +114,19 @@ def test_study_summary_judges_each_finding_from_the_numbers(tmp_path):
     assert "3. counting heads: holds</b>: 1 counting heads on n = 40 pairs: L3H2: ρ with closed 0.7 (95% CI 0.5 to 0.85)" in m
     assert "1. middle-to-late layers needed: fails</b>" in weak and "3. counting heads: partly holds</b>" in weak
     assert "2. attention over MLPs:" not in weak and "<td>weak</td><td>brackets</td><td>fails</td><td>not run</td>" in weak
+
+
+@pytest.mark.parametrize("n_layers", [6, 30])
+def test_task_lens_section_draws_deep_and_shallow_models(tmp_path, n_layers):
+    """The task-lens chart labels every layer of a shallow model and lets the axis choose for a
+    deep one (SmolLM2's 30 layers once stopped the report: altair refuses values=None)."""
+    from codeinterp.report.build import Context
+    from codeinterp.report.tasks import lens_section
+
+    rows = [{"lens": "logit", "depth": d, "layer": l, "n": 40, "logit_diff": 2.0, "logit_diff_ci_low": 1.0,
+             "logit_diff_ci_high": 3.0, "rank": 0.0, "top1": 0.95 if l >= n_layers - 2 else 0.2,
+             "top1_ci_low": 0.9 if l >= n_layers - 2 else 0.1, "top1_ci_high": 1.0}
+            for d in (-1, 1) for l in range(n_layers + 1)]
+    pl.DataFrame(rows).write_parquet(tmp_path / "lens.parquet")
+    page = lens_section({("m", "brackets"): str(tmp_path / "lens.parquet")}, Context({}, {}))
+    assert f"confidently right from layer {n_layers - 2} of {n_layers} on" in page

@@ -89,7 +89,7 @@ def lens_section(files: dict, ctx) -> str:
         parts.append(finding(text + "."))
         curves = _nan_free(df.with_columns(pl.when(pl.col("depth") == -1).then(pl.lit("all")).otherwise(
             pl.col("depth").cast(pl.Utf8)).alias("depth_label")), "logit_diff")
-        base = alt.Chart(curves).encode(x=alt.X("layer:Q", axis=alt.Axis(values=list(range(n_layers + 1)) if n_layers <= 12 else None,
+        base = alt.Chart(curves).encode(x=alt.X("layer:Q", axis=alt.Axis(values=list(range(n_layers + 1)) if n_layers <= 12 else alt.Undefined,
                                                                      tickMinStep=1, format="d")),
                                         color=alt.Color("depth_label:N", title="depth"), strokeDash="lens:N")
         band = base.mark_area(opacity=0.12).encode(y=alt.Y("logit_diff_ci_low:Q", title="logit difference (right − wrong)"),
