@@ -110,6 +110,24 @@ def test_report_sections_state_their_n_and_draw_the_scatter(tmp_path):
     assert "<td>atp*</td>" in second
     titles = [json.dumps(spec) for _, spec in ctx.charts.specs]
     assert any("estimate against exact" in t and "atp*" in t for t in titles)
+    # At most `limit` points, shared by the sites and methods (here resid/atp, head_q/atp, head_q/atp*).
+    small = report._scatter(paths["exact"], paths["approx"], "m / d", limit=30).to_dict()
+    points = [r for ds in small["datasets"].values() for r in ds]
+    assert 0 < len(points) <= 30
+    assert {(r["site"], r["method"]) for r in points} == {("resid", "atp"), ("head_q", "atp"), ("head_q", "atp*")}
+
+
+def test_a_chart_of_more_than_5000_rows_is_embedded():
+    """altair refuses more than 5,000 rows by default; a real model's chart can hold more."""
+    import altair as alt
+
+    from codeinterp.report.charts import Charts
+
+    charts = Charts()
+    data = pl.DataFrame({"x": list(range(6000)), "y": [float(i % 7) for i in range(6000)]})
+    charts.add(alt.Chart(data).mark_point().encode(x="x:Q", y="y:Q"))
+    (_, spec), = charts.specs
+    assert sum(len(ds) for ds in spec["datasets"].values()) == 6000
 
 
 def test_long_causal_stages_log_their_progress_with_the_time_left(pairs, caplog):

@@ -63,6 +63,9 @@ def table(df: pl.DataFrame, max_rows: int | None = None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{more}"
 
 
+MAX_CHART_ROWS = 100_000
+
+
 class Charts:
     """Collects chart specs; each is embedded by id and rendered by the inlined vega-embed."""
 
@@ -71,7 +74,10 @@ class Charts:
 
     def add(self, chart: alt.TopLevelMixin) -> str:
         cid = f"chart{len(self.specs)}"
-        self.specs.append((cid, chart.to_dict()))
+        # altair stops at 5,000 rows; a real model's chart can hold more (SmolLM2's attribution
+        # scatter: 5,620), and a report that stops is worse than a larger page.
+        with alt.data_transformers.enable("default", max_rows=MAX_CHART_ROWS):
+            self.specs.append((cid, chart.to_dict()))
         return f'<div class="chart" id="{cid}"></div>'
 
     def script(self) -> str:

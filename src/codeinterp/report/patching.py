@@ -156,13 +156,16 @@ def attribution_section(files: dict, ctx) -> str:
 
 def _scatter(exact_path, estimate_path, title: str, limit: int = 4000) -> alt.Chart:
     """Estimated against exact normalised effect, one point per (pair, setting), counterfactual
-    denoising; the first `limit` rows per site and method (file order: deterministic)."""
+    denoising; at most `limit` points, shared evenly by the sites and methods (the first rows of
+    each in file order: deterministic)."""
     exact = pl.read_parquet(exact_path).filter((pl.col("level") == "pair") & pl.col("computed"))
     approx = pl.read_parquet(estimate_path)
     both = (exact.select(*KEYS, pl.col("normalised").alias("exact"))
             .join(approx.select(*KEYS, "method", pl.col("normalised").alias("estimate")), on=KEYS)
             .filter((pl.col("corruption") == "counterfactual") & (pl.col("direction") == "denoising"))
-            .drop_nans().group_by("site", "method", maintain_order=True).head(limit))
+            .drop_nans())
+    groups = max(1, both.select("site", "method").n_unique())
+    both = both.group_by("site", "method", maintain_order=True).head(max(1, limit // groups))
     return alt.Chart(both).mark_circle(size=12, opacity=0.5).encode(
         x=alt.X("exact:Q", title="exact (normalised)"), y=alt.Y("estimate:Q", title="estimate (normalised)"),
         color="method:N", tooltip=["site", "method", "layer", "head", "position", alt.Tooltip("exact:Q", format=".3g"),
