@@ -292,7 +292,7 @@ SECTIONS = {
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}.chart{display:inline-block;margin:.5em}
+th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:.85em}.chart{display:inline-block;margin:.5em}.circuit svg{max-width:100%;height:auto}
 .finding{background:#eef5ff;border-left:4px solid #3b74c4;padding:.5em .8em}.note{color:#666;font-size:.9em}
 nav ol{columns:2}h3{font-size:1em;font-weight:600;margin-top:1.5em}
 """

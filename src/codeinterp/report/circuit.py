@@ -49,7 +49,9 @@ def section(files: dict, ctx) -> str:
         shown = curve.filter(pl.col("edges") > 0).with_columns(
             pl.col("faithfulness_ci_low").fill_nan(pl.col("faithfulness")),
             pl.col("faithfulness_ci_high").fill_nan(pl.col("faithfulness")))
-        base = alt.Chart(shown).encode(x=alt.X("edges:Q", scale=alt.Scale(type="log"), title="edges in the circuit (log)"))
+        decades = [10**k for k in range(len(str(max(total, 1))))]  # labels at powers of ten only: no overlap
+        base = alt.Chart(shown).encode(x=alt.X("edges:Q", scale=alt.Scale(type="log"), title="edges in the circuit (log)",
+                                               axis=alt.Axis(values=decades, format="~s")))
         marks = pl.DataFrame({"edges": [max(c["edges"], 1)], "target": [c["target"]]})
         chart = (base.mark_area(opacity=0.2).encode(y=alt.Y("faithfulness_ci_low:Q", title="faithfulness"),
                                                      y2="faithfulness_ci_high:Q")
@@ -60,7 +62,7 @@ def section(files: dict, ctx) -> str:
         parts.append(ctx.charts.add(chart.properties(width=420, height=220, title="faithfulness by circuit size "
                                                      "(dashed: the chosen size and the target)")))
         if (m, d) in svgs:
-            parts.append(f"<div class='chart'>{Path(svgs[(m, d)]).read_text()}</div>")
+            parts.append(f"<div class='circuit'>{Path(svgs[(m, d)]).read_text()}</div>")
         if (m, d) in edge_files:
             edges = pl.read_parquet(edge_files[(m, d)]).sort("rank").head(TOP)
             parts.append(f"<p class='note'>The {TOP} strongest edges (score: attributed change of the logit "
