@@ -191,3 +191,10 @@ def test_compare_pair_across_architectures_reads_every_table(tmp_path):
     assert out["circuits"].is_empty()
     top = out["heads"].filter(pl.col("in_top_k") & (pl.col("ranking") == "zero"))
     assert sorted(zip(top["model"], top["layer"], top["head"])) == [("A", 1, 3), ("B", 4, 1)]
+
+
+def test_an_undefined_overlap_is_not_reported_as_a_missing_interval():
+    from codeinterp.report.charts import ci
+
+    assert ci(float("nan"), float("nan"), float("nan")) == "–" and ci(None, None, None) == "–"
+    assert "fewer than 5" in ci(0.4, float("nan"), float("nan"))

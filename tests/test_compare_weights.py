@@ -174,3 +174,21 @@ def test_gram_singular_vectors_span_the_svd_subspaces(shape):
     norm, left, right = _dense(M, 5)
     assert abs(norm - float(s.norm())) < 1e-9
     assert abs(_overlap(left, u[:, :5]) - 1) < 1e-9 and abs(_overlap(right, vh[:5].t()) - 1) < 1e-9
+
+
+def test_cosines_near_one_keep_their_distance_from_one(tmp_path):
+    from codeinterp.report.build import Context
+    from codeinterp.report.compare_weights import fmt_cosine, section
+
+    assert fmt_cosine(0.99984) == "0.999840" and fmt_cosine(0.5) == "0.5" and fmt_cosine(1.0) == "1"
+    model = build("llama")
+    other = copy.deepcopy(model)
+    with torch.no_grad():  # a fine-tune's kind of change: every weight moves a little
+        for p in other.parameters():
+            p.mul_(1 + 1e-3 * torch.randn_like(p))
+    path = tmp_path / "weights.parquet"
+    _table(model, other).write_parquet(path)
+    html = section({("a vs b", "all"): path}, Context({"seed": 0}, {}))
+    finding = html.split("class='finding'>")[1].split("</p>")[0]
+    assert "cosine is 1 " not in finding and "range 1 to" not in finding and "cosine 0.99" in finding
+    assert "1 - cosine" in html

@@ -43,7 +43,10 @@ def fmt(value) -> str:
 
 
 def ci(mean, low, high) -> str:
-    """`mean (95% CI low to high)` formatted for reading."""
+    """`mean (95% CI low to high)` formatted for reading; `–` where the quantity is undefined
+    (e.g. a Jaccard between different head grids), which is not a missing interval."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
     if low is None or high is None or math.isnan(low) or math.isnan(high):
         return f"{fmt(mean)} (no interval: fewer than 5 targets or problems)"
     return f"{fmt(mean)} (95% CI {fmt(low)} to {fmt(high)})"

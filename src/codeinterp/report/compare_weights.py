@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 
 import altair as alt
 import polars as pl
@@ -40,13 +41,22 @@ def _mlp_curve(mlp: pl.DataFrame) -> alt.Chart:
     ).properties(title="MLP matrices: cosine per layer", width=320, height=180)
 
 
+def fmt_cosine(c: float) -> str:
+    """A cosine near 1 with three significant digits of its distance from 1 (0.999840, not 1):
+    a fine-tune moves every head a little, and rounding to 1 would say it moved none."""
+    gap = 1.0 - float(c)
+    if not 0 < gap < 1e-3:
+        return fmt(c)
+    return f"{c:.{2 - math.floor(math.log10(gap))}f}"
+
+
 def pair_finding(table_: pl.DataFrame) -> str:
     heads = table_.filter(pl.col("level") == "head")
     ov = heads.filter(pl.col("circuit") == "OV")
     worst = heads.sort("cosine", "layer", "head").row(0, named=True)
-    return (f"Over n = {fmt(len(ov))} heads, the median OV cosine is {fmt(ov['cosine'].median())} "
-            f"(range {fmt(ov['cosine'].min())} to {fmt(ov['cosine'].max())}); the head that changed most is "
-            f"L{worst['layer']}H{worst['head']} ({worst['circuit']} cosine {fmt(worst['cosine'])}, relative "
+    return (f"Over n = {fmt(len(ov))} heads, the median OV cosine is {fmt_cosine(ov['cosine'].median())} "
+            f"(range {fmt_cosine(ov['cosine'].min())} to {fmt_cosine(ov['cosine'].max())}); the head that changed most is "
+            f"L{worst['layer']}H{worst['head']} ({worst['circuit']} cosine {fmt_cosine(worst['cosine'])}, relative "
             f"difference {fmt(worst['rel_diff'])}).")
 
 
@@ -63,6 +73,7 @@ def section(files: dict, ctx) -> str:
         parts.append(ctx.charts.add(alt.hconcat(_heatmap(heads, "OV"), _heatmap(heads, "QK"))))
         parts.append(ctx.charts.add(_mlp_curve(df.filter(pl.col("level") == "mlp"))))
         top = (heads.sort("cosine", "layer", "head").head(10)
-               .select("circuit", "layer", "head", "cosine", "rel_diff", "read_overlap", "write_overlap"))
+               .select("circuit", "layer", "head", "cosine", "rel_diff", "read_overlap", "write_overlap")
+               .with_columns((1 - pl.col("cosine")).alias("1 - cosine")))
         parts.append("<p>The ten head circuits that changed most (lowest cosine):</p>" + table(top))
     return "".join(parts)
